@@ -1,0 +1,190 @@
+"""Frozen, validated run configuration.
+
+One `Config` describes a training run completely: data, networks, the RME
+objective (RME.md, "The four updates"), the recursion schedule, optimisation
+and evaluation. Launchers build it from absl flags, call `validate()` before
+any work, and write it as JSON into the run directory; library code takes it
+as an explicit argument and never reads flags.
+
+Methods:
+  rme  recursive mixture estimation with M = num_components encoders.
+  vae  the Kingma & Welling VAE: M = 1, trained by the same trainer.
+"""
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any, Dict, Optional, Tuple
+
+from rec_vae_tf import errors
+
+METHODS = ('rme', 'vae')
+DATASETS = ('mnist',)
+BINARIZATIONS = ('dynamic', 'static')
+NETWORKS = ('small', 'large')
+EPS_MODES = ('amortized', 'global', 'fixed')
+SCHEDULES = ('recursive', 'freeze_earlier', 'simultaneous')
+
+# Dense encoder/decoder widths per network size: (hidden units per layer).
+# `small` is the IWAE paper's one-stochastic-layer MNIST network (2 x 200);
+# `large` doubles depth-width in the usual way (2 x 500).
+NETWORK_HIDDEN = {'small': (200, 200), 'large': (500, 500)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Everything that defines a run. All fields are plain JSON values."""
+  # What to train.
+  method: str = 'rme'
+  num_components: int = 4          # M, the mixture capacity (1 for vae)
+  latent_dim: int = 50             # D
+  network: str = 'small'
+  # RME objective.
+  kl_weight: float = 0.3           # lambda in J_lambda; 0 <= lambda < 1
+  prior_floor: float = 0.05        # delta: KL measured against (1-delta) Q + delta p(z)
+  eps_mode: str = 'amortized'
+  schedule: str = 'recursive'
+  epochs_per_component: float = 5.0  # recursion budget: epochs before the next component
+  warm_start: bool = True          # a new component starts as a copy of the newest one
+  # Data.
+  dataset: str = 'mnist'
+  data_dir: str = 'data/mnist'
+  binarization: str = 'dynamic'
+  train_examples: int = 0          # 0: all; N: only the first N training images
+  # Optimisation.
+  epochs: int = 40
+  batch_size: int = 100
+  learning_rate: float = 1e-3
+  num_train_samples: int = 1       # S, reparameterized samples per component per step
+  seed: int = 0
+  xla: bool = True
+  # Evaluation.
+  num_importance_samples: int = 5000  # K for the test log-likelihood
+  eval_batch_size: int = 100
+  eval_chunk: int = 500            # importance samples per chunk (bounds memory)
+  validation_every: int = 1        # epochs between validation ELBO / selection
+
+  # ---------------------------------------------------------------- derived
+  @property
+  def hidden_units(self) -> Tuple[int, ...]:
+    return NETWORK_HIDDEN[self.network]
+
+  # ------------------------------------------------------------- validation
+  def validate(self) -> 'Config':
+    """Checks every field; raises ConfigError naming field, value and what is allowed."""
+    def fail(field, allowed):
+      raise errors.ConfigError(
+          f'invalid config: {field}={getattr(self, field)!r}; allowed: {allowed}')
+
+    def choice(field, options):
+      if getattr(self, field) not in options:
+        fail(field, 'one of ' + ', '.join(options))
+
+    def integer(field, low, high=None):
+      value = getattr(self, field)
+      if (isinstance(value, bool) or not isinstance(value, int) or value < low or
+          (high is not None and value > high)):
+        fail(field, f'an integer >= {low}' + (f' and <= {high}' if high else ''))
+
+    def real(field, low, high, high_open=False):
+      value = getattr(self, field)
+      ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and
+            math.isfinite(value) and low <= value and
+            (value < high if high_open else value <= high))
+      if not ok:
+        fail(field, f'a number in [{low}, {high}{")" if high_open else "]"}')
+
+    choice('method', METHODS)
+    choice('dataset', DATASETS)
+    choice('binarization', BINARIZATIONS)
+    choice('network', NETWORKS)
+    choice('eps_mode', EPS_MODES)
+    choice('schedule', SCHEDULES)
+    integer('num_components', 1, 64)
+    if self.method == 'vae' and self.num_components != 1:
+      fail('num_components', '1 for method=vae (a VAE has one encoder)')
+    integer('latent_dim', 1)
+    real('kl_weight', 0.0, 1.0, high_open=True)
+    real('prior_floor', 0.0, 1.0, high_open=True)
+    real('epochs_per_component', 0.0, 1e6)
+    if self.epochs_per_component <= 0:
+      fail('epochs_per_component', 'a number > 0')
+    integer('train_examples', 0)
+    integer('epochs', 1)
+    integer('batch_size', 1)
+    real('learning_rate', 0.0, 10.0)
+    if self.learning_rate <= 0:
+      fail('learning_rate', 'a number in (0, 10]')
+    integer('num_train_samples', 1)
+    integer('seed', 0)
+    integer('num_importance_samples', 1)
+    integer('eval_batch_size', 1)
+    integer('eval_chunk', 1)
+    integer('validation_every', 1)
+    if not isinstance(self.data_dir, str) or not self.data_dir:
+      fail('data_dir', 'a non-empty path')
+    for field in ('xla', 'warm_start'):
+      if not isinstance(getattr(self, field), bool):
+        fail(field, 'true or false')
+    return self
+
+  # -------------------------------------------------------------- recursion
+  def last_activation_epoch(self) -> float:
+    """Epoch at which the last component becomes active under `recursive`."""
+    if self.schedule == 'simultaneous':
+      return 0.0
+    return (self.num_components - 1) * self.epochs_per_component
+
+  # -------------------------------------------------------------------- I/O
+  def to_dict(self) -> Dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def replace(self, **changes) -> 'Config':
+    return dataclasses.replace(self, **changes)
+
+  @classmethod
+  def from_dict(cls, values: Dict[str, Any]) -> 'Config':
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+      raise errors.ConfigError(f'invalid config: unknown field(s) {", ".join(unknown)}')
+    return cls(**values)
+
+  def save(self, path: str) -> None:
+    """Writes the config as JSON atomically (temporary file, then rename)."""
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+      f.write('\n')
+    os.replace(tmp, path)
+
+  @classmethod
+  def load(cls, path: str) -> 'Config':
+    try:
+      with open(path) as f:
+        values = json.load(f)
+    except FileNotFoundError:
+      raise errors.UserError(f'no config at {path}: is this a run directory written by launch/train.py?') from None
+    except (OSError, json.JSONDecodeError) as e:
+      raise errors.UserError(f'unreadable config {path}: {e}') from None
+    return cls.from_dict(values).validate()
+
+
+def default_config(method: str = 'rme', **overrides) -> Config:
+  """The default configuration for a method, with overrides applied (not yet validated)."""
+  base = Config(method=method)
+  if method == 'vae':
+    base = base.replace(num_components=1)
+  return base.replace(**overrides)
+
+
+CONFIG_FILENAME = 'config.json'
+
+
+def config_path(workdir: str) -> str:
+  return os.path.join(workdir, CONFIG_FILENAME)
+
+
+def maybe_none(value: Optional[Any], default: Any) -> Any:
+  return default if value is None else value

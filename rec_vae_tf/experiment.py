@@ -1,0 +1,189 @@
+"""The main job: RME against the VAE baseline on the same data, decoder and budget.
+
+For each method the run trains (or resumes) in `<workdir>/<method>/`, selects
+the checkpoint with the best validation ELBO, evaluates it on the test set
+(importance-sampled log p(x) with the same K for every method), and then
+
+  * prints a comparison table and writes `<workdir>/results.json` (one row per
+    method) and `<workdir>/results.md`;
+  * draws samples.png, reconstructions.png, training_curves.png, weights.png;
+  * exports the RME inference network as a SavedModel under
+    `<workdir>/export/rme/<version>/`.
+
+Finished trainings are not repeated, and an evaluation already written for the
+same checkpoint, K and test set is reused, so re-running is cheap.
+"""
+
+import json
+import os
+import platform
+from typing import Callable, Dict, List, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from rec_vae_tf import config as config_lib
+from rec_vae_tf import data as data_lib
+from rec_vae_tf import export as export_lib
+from rec_vae_tf import likelihood
+from rec_vae_tf import networks
+from rec_vae_tf import plots
+from rec_vae_tf import posterior
+from rec_vae_tf import trainer as trainer_lib
+
+RESULTS_FILE = 'results.json'
+
+
+def method_config(base: config_lib.Config, method: str) -> config_lib.Config:
+  """The base config for `method` (the VAE has one component, all else equal)."""
+  if method == 'vae':
+    return base.replace(method='vae', num_components=1).validate()
+  return base.replace(method=method).validate()
+
+
+def device_description() -> str:
+  gpus = tf.config.list_physical_devices('GPU')
+  if gpus:
+    return f'{len(gpus)} GPU(s): ' + ', '.join(
+        tf.config.experimental.get_device_details(g).get('device_name', g.name) for g in gpus)
+  return f'CPU ({os.cpu_count()} cores, {platform.machine()})'
+
+
+def _evaluate_cached(run_dir, tr, cfg, dataset, num_samples, test_count, eval_seed, log):
+  path = tr.best_manager.latest_checkpoint
+  cache = os.path.join(run_dir, f'eval_{os.path.basename(path)}_K{num_samples}_n{test_count}_s{eval_seed}.json')
+  if os.path.exists(cache):
+    with open(cache) as f:
+      log(f'{cfg.method}: reusing {cache}')
+      return json.load(f)
+  log(f'{cfg.method}: evaluating {path} on {test_count} test images, K={num_samples}')
+  result = likelihood.evaluate(tr.encoder, tr.decoder, dataset, tr.num_active.numpy(),
+                               num_samples=num_samples, chunk=cfg.eval_chunk, seed=eval_seed,
+                               xla=cfg.xla, log=log)
+  with open(cache + '.tmp', 'w') as f:
+    json.dump(result, f, indent=1)
+  os.replace(cache + '.tmp', cache)
+  return result
+
+
+def _reconstructions(tr, x, seed):
+  enc = tr.encoder(x)
+  log_alpha = posterior.recursive_log_weights(enc.eps_logit, tr.num_active)
+  z = posterior.q_z_given_x(log_alpha, enc.loc, enc.scale).sample(seed=tf.constant([seed, 1]))
+  return tf.sigmoid(tr.decoder(z)).numpy()
+
+
+def _samples(tr, count, latent_dim, seed):
+  z = tf.random.stateless_normal([count, latent_dim], seed=[seed, 2])
+  return tf.sigmoid(tr.decoder(z)).numpy()
+
+
+def format_table(rows: List[Dict]) -> str:
+  """Markdown table of the rows' headline numbers."""
+  head = ('| method | M | test log p(x) | K | test ELBO | parameters | train s | s/epoch '
+          '| encoder ms/batch | weight entropy |\n|---|---|---|---|---|---|---|---|---|---|\n')
+  lines = []
+  for r in rows:
+    lines.append(
+        f'| {r["method"]} | {r["num_components"]} | {r["test_log_likelihood"]:.2f} | '
+        f'{r["num_importance_samples"]} | {r["test_elbo"]:.2f} | {r["num_parameters"]:,} | '
+        f'{r["train_seconds"]:.0f} | {r["seconds_per_epoch"]:.1f} | '
+        f'{r["encoder_ms_per_batch"]:.2f} | {r["weight_entropy"]:.3f} |')
+  return head + '\n'.join(lines) + '\n'
+
+
+def run_comparison(base: config_lib.Config, workdir: str, *,
+                   methods: Sequence[str] = ('rme', 'vae'),
+                   num_importance_samples: int,
+                   test_examples: int = 0,
+                   eval_seed: int = 0,
+                   export: bool = True,
+                   load_data: Callable = data_lib.load_mnist,
+                   make_networks: Callable = networks.build_networks,
+                   log: Callable[[str], None] = print) -> List[Dict]:
+  """Trains, evaluates and compares `methods`; returns the result rows.
+
+  Args:
+    base: the shared config (method-specific fields are set per method).
+    workdir: output directory.
+    methods: methods to run, in order.
+    num_importance_samples: K for every method's test log-likelihood.
+    test_examples: evaluate the first N test images (0: all).
+    eval_seed: seed of the test binarization and importance samples.
+    export: export the RME SavedModel.
+    load_data, make_networks: injectable for tests.
+    log: progress lines.
+  """
+  cfgs = [method_config(base, m) for m in methods]  # validate everything first
+  trainer_lib.check_workdir(workdir)
+  rows, trainers, histories, splits = [], {}, {}, None
+  for cfg in cfgs:
+    run_dir = os.path.join(workdir, cfg.method)
+    result = trainer_lib.train(cfg, run_dir, load_data=load_data, make_networks=make_networks,
+                               log=lambda s, m=cfg.method: log(f'[{m}] {s}'))
+    splits = result.splits
+    test = splits.test[:test_examples] if test_examples else splits.test
+    dataset = data_lib.make_eval_dataset(test, batch_size=cfg.eval_batch_size, seed=eval_seed)
+    tr = result.trainer
+    ev = _evaluate_cached(run_dir, tr, cfg, dataset, num_importance_samples, len(test),
+                          eval_seed, lambda s, m=cfg.method: log(f'[{m}] {s}'))
+    epochs_done = max(len(result.history), 1)
+    rows.append({
+        'method': cfg.method,
+        'num_components': cfg.num_components,
+        'active_components': int(tr.num_active.numpy()),
+        'test_log_likelihood': ev['test_log_likelihood'],
+        'num_importance_samples': ev['num_importance_samples'],
+        'test_elbo': ev['test_elbo'],
+        'component_elbo': ev['component_elbo'],
+        'mixture_weights': ev['mixture_weights'],
+        'weight_entropy': ev['weight_entropy'],
+        'num_test_examples': ev['num_examples'],
+        'num_parameters': networks.count_parameters(tr.encoder, tr.decoder),
+        'num_encoder_parameters': networks.count_parameters(tr.encoder),
+        'train_seconds': result.train_seconds,
+        'seconds_per_epoch': result.train_seconds / epochs_done,
+        'epochs': cfg.epochs,
+        'selected_step': int(tr._best_step.numpy()),  # pylint: disable=protected-access
+        'best_validation_elbo': float(tr.best_validation.numpy()),
+        'encoder_ms_per_batch': ev['encoder_ms_per_batch'],
+        'eval_batch_size': cfg.eval_batch_size,
+        'device': device_description(),
+        'config': cfg.to_dict(),
+    })
+    trainers[cfg.method] = tr
+    histories[cfg.method] = result.history
+
+  with open(os.path.join(workdir, RESULTS_FILE) + '.tmp', 'w') as f:
+    json.dump(rows, f, indent=1)
+  os.replace(os.path.join(workdir, RESULTS_FILE) + '.tmp', os.path.join(workdir, RESULTS_FILE))
+  table = format_table(rows)
+  with open(os.path.join(workdir, 'results.md'), 'w') as f:
+    f.write(table)
+  log('\n' + table)
+
+  # Pictures.
+  side = int(round(np.sqrt(splits.test.shape[1])))
+  x = data_lib.make_eval_dataset(splits.test[:16], batch_size=16, seed=eval_seed)
+  x = next(iter(x))
+  recon = {'data': x.numpy()}
+  samples = {}
+  for method, tr in trainers.items():
+    recon[method] = _reconstructions(tr, x, eval_seed)
+    samples[method] = _samples(tr, 32, tr.cfg.latent_dim, eval_seed)
+  if side * side == splits.test.shape[1]:
+    plots.save_images(recon, os.path.join(workdir, 'reconstructions.png'),
+                      'test images and reconstructions (decoder mean at z ~ Q(z|x))')
+    plots.save_images(samples, os.path.join(workdir, 'samples.png'),
+                      'samples: decoder mean at z ~ p(z)')
+  plots.save_training_curves(histories, os.path.join(workdir, 'training_curves.png'))
+  plots.save_weights([r['method'] for r in rows], [r['mixture_weights'] for r in rows],
+                     os.path.join(workdir, 'weights.png'))
+
+  if export and 'rme' in trainers:
+    tr = trainers['rme']
+    module = export_lib.InferenceModule(tr.encoder, tr.decoder, int(tr.num_active.numpy()),
+                                        num_pixels=splits.test.shape[1], seed=eval_seed)
+    path = export_lib.export_saved_model(module, os.path.join(workdir, 'export', 'rme'))
+    log(f'exported the RME inference network to {path}')
+  return rows

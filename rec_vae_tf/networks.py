@@ -1,0 +1,225 @@
+"""Encoder and decoder networks (Keras 3 layers).
+
+RME (RME.md) gives every mixture component its own encoder phi_m. Running M
+small MLPs in a Python loop would cost M kernel launches per layer, so the M
+encoders are stored as stacked weights `[M, in, out]` and evaluated together
+with one batched matmul (einsum) per layer: the same math as M separate
+networks, each with its own independently initialised parameters.
+
+Networks return tensors; `rec_vae_tf.posterior` turns them into distributions.
+
+Shapes: B batch, M components, D latent size, H hidden units, P pixels.
+"""
+
+import math
+from typing import NamedTuple, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+# Smallest posterior scale; keeps log q finite when a head saturates.
+MIN_SCALE = 1e-4
+
+
+def _logit(p: float) -> float:
+  return math.log(p) - math.log1p(-p)
+
+
+class _ComponentGlorot(keras.initializers.Initializer):
+  """Glorot-uniform for stacked kernels [M, in, out], with fans of one component.
+
+  Keras' own initializers treat leading dimensions as a receptive field and
+  would shrink the range by M.
+  """
+
+  def __init__(self, seed=None):
+    self.seed = seed
+
+  def __call__(self, shape, dtype=None):
+    fan_in, fan_out = shape[-2], shape[-1]
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return keras.random.uniform(shape, -limit, limit, dtype=dtype, seed=self.seed)
+
+  def get_config(self):
+    return {'seed': self.seed}
+
+
+class BatchedDense(keras.layers.Layer):
+  """M independent dense layers applied in one einsum.
+
+  Input `[B, in]` (the same input for every component) or `[B, M, in]`;
+  output `[B, M, out]`.
+  """
+
+  def __init__(self, num_components: int, units: int, activation=None,
+               kernel_initializer=None, bias_initializer='zeros', seed=None, **kwargs):
+    super().__init__(**kwargs)
+    self.num_components = num_components
+    self.units = units
+    self.activation = keras.activations.get(activation)
+    self.kernel_initializer = kernel_initializer or _ComponentGlorot(seed)
+    self.bias_initializer = bias_initializer
+
+  def build(self, input_shape):
+    in_dim = int(input_shape[-1])
+    self.kernel = self.add_weight(
+        name='kernel', shape=(self.num_components, in_dim, self.units),
+        initializer=self.kernel_initializer)
+    self.bias = self.add_weight(
+        name='bias', shape=(self.num_components, self.units), initializer=self.bias_initializer)
+
+  def call(self, inputs):
+    if len(inputs.shape) == 2:
+      y = tf.einsum('bi,mio->bmo', inputs, self.kernel)  # [B, M, out]
+    else:
+      y = tf.einsum('bmi,mio->bmo', inputs, self.kernel)  # [B, M, out]
+    return self.activation(y + self.bias)
+
+
+class EncoderOutput(NamedTuple):
+  loc: tf.Tensor        # [B, M, D]
+  scale: tf.Tensor      # [B, M, D]
+  eps_logit: tf.Tensor  # [B, M]; eps_m = sigmoid(eps_logit[:, m]); column 0 unused (eps_1 = 1)
+
+
+class MixtureEncoder(keras.layers.Layer):
+  """M Gaussian encoders q_m(z|x) = N(loc_m(x), diag(scale_m(x)^2)) and the mixing logits.
+
+  eps_mode:
+    amortized: eps_m(x) = sigmoid(head_m(h_m(x))). The head reads a stopped copy
+      of the trunk features, so the mixture bound trains the head and never the
+      component's trunk (RME.md update 3 is w.r.t. the weights only).
+    global: one learned logit per component.
+    fixed: eps_m = 2 / (m + 1) (1-based m), the classical Frank-Wolfe step.
+  Learned logits start at eps_m = 1/m, which makes the initial weights uniform.
+  """
+
+  def __init__(self, num_components: int, hidden_units: Sequence[int], latent_dim: int,
+               eps_mode: str = 'amortized', activation: str = 'relu', seed=None, **kwargs):
+    super().__init__(**kwargs)
+    self.num_components = num_components
+    self.latent_dim = latent_dim
+    self.eps_mode = eps_mode
+    seeds = np.random.SeedSequence(seed).generate_state(len(hidden_units) + 3) if seed is not None else [None] * (len(hidden_units) + 3)
+    self.trunk = [BatchedDense(num_components, h, activation=activation, seed=int(s) if s is not None else None,
+                               name=f'hidden_{i}')
+                  for i, (h, s) in enumerate(zip(hidden_units, seeds))]
+    self.loc_head = BatchedDense(num_components, latent_dim, seed=_int(seeds[-3]), name='loc')
+    self.scale_head = BatchedDense(num_components, latent_dim, seed=_int(seeds[-2]), name='scale')
+    initial_logits = np.array([_logit(1.0 / (m + 1)) if m > 0 else 0.0
+                               for m in range(num_components)], np.float32)
+    if eps_mode == 'amortized':
+      self.eps_head = BatchedDense(
+          num_components, 1, kernel_initializer='zeros',
+          bias_initializer=keras.initializers.Constant(initial_logits[:, None]), name='eps')
+    elif eps_mode == 'global':
+      self.eps_logits = self.add_weight(
+          name='eps_logits', shape=(num_components,),
+          initializer=keras.initializers.Constant(initial_logits))
+    elif eps_mode == 'fixed':
+      self._fixed_logits = tf.constant(
+          [_logit(2.0 / (m + 2)) if m > 0 else 0.0 for m in range(num_components)], tf.float32)
+    else:
+      raise ValueError(f'unknown eps_mode {eps_mode!r}')
+
+  def build(self, input_shape):
+    shape = tuple(input_shape)
+    for layer in self.trunk:
+      layer.build(shape)
+      shape = (shape[0], self.num_components, layer.units)
+    self.loc_head.build(shape)
+    self.scale_head.build(shape)
+    if self.eps_mode == 'amortized':
+      self.eps_head.build(shape)
+
+  def call(self, x) -> EncoderOutput:
+    h = x  # [B, P]
+    for layer in self.trunk:
+      h = layer(h)  # [B, M, H]
+    loc = self.loc_head(h)  # [B, M, D]
+    scale = tf.nn.softplus(self.scale_head(h)) + MIN_SCALE  # [B, M, D]
+    batch = tf.shape(x)[0]
+    if self.eps_mode == 'amortized':
+      eps_logit = self.eps_head(tf.stop_gradient(h))[..., 0]  # [B, M]
+    elif self.eps_mode == 'global':
+      eps_logit = tf.broadcast_to(self.eps_logits[None, :], [batch, self.num_components])
+    else:
+      eps_logit = tf.broadcast_to(self._fixed_logits[None, :], [batch, self.num_components])
+    return EncoderOutput(loc, scale, eps_logit)
+
+  @property
+  def component_variables(self):
+    """Variables of phi_1..phi_M: trained by the component objectives only."""
+    out = []
+    for layer in self.trunk + [self.loc_head, self.scale_head]:
+      out.extend(layer.trainable_variables)
+    return out
+
+  @property
+  def weight_variables(self):
+    """Variables of the mixing weights: trained by the mixture bound only."""
+    if self.eps_mode == 'amortized':
+      return list(self.eps_head.trainable_variables)
+    if self.eps_mode == 'global':
+      return [self.eps_logits]
+    return []
+
+
+def _int(seed):
+  return int(seed) if seed is not None else None
+
+
+class BernoulliDecoder(keras.layers.Layer):
+  """p(x|z) = Bernoulli(logits=dec(z)): an MLP from [..., D] to [..., P] logits."""
+
+  def __init__(self, hidden_units: Sequence[int], num_pixels: int = 784,
+               activation: str = 'relu', seed=None, **kwargs):
+    super().__init__(**kwargs)
+    self.num_pixels = num_pixels
+    self.hidden = [keras.layers.Dense(h, activation=activation, name=f'hidden_{i}',
+                                      kernel_initializer=keras.initializers.GlorotUniform(
+                                          seed=None if seed is None else seed + i))
+                   for i, h in enumerate(hidden_units)]
+    self.out = keras.layers.Dense(num_pixels, name='logits',
+                                  kernel_initializer=keras.initializers.GlorotUniform(
+                                      seed=None if seed is None else seed + 100))
+
+  def build(self, input_shape):
+    shape = tuple(input_shape)
+    for layer in self.hidden:
+      layer.build(shape)
+      shape = shape[:-1] + (layer.units,)
+    self.out.build(shape)
+
+  def call(self, z):
+    h = z
+    for layer in self.hidden:
+      h = layer(h)
+    return self.out(h)  # [..., P]
+
+  def log_prob(self, x, z):
+    """log p(x|z) summed over pixels. x: [B, P]; z: [..., B, M, D] -> [..., B, M]."""
+    logits = self(z)  # [..., B, M, P]
+    return bernoulli_log_prob(x[:, None, :], logits)
+
+
+def bernoulli_log_prob(x, logits):
+  """sum_p x log sigmoid(l) + (1 - x) log sigmoid(-l) = sum_p (x l - softplus(l))."""
+  return tf.reduce_sum(x * logits - tf.nn.softplus(logits), axis=-1)
+
+
+def count_parameters(*layers) -> int:
+  return int(sum(np.prod(v.shape) for layer in layers for v in layer.trainable_variables))
+
+
+def build_networks(num_components: int, hidden_units: Sequence[int], latent_dim: int,
+                   eps_mode: str, seed: int, num_pixels: int = 784):
+  """Builds (encoder, decoder) with all variables created."""
+  encoder = MixtureEncoder(num_components, hidden_units, latent_dim, eps_mode, seed=seed,
+                           name='encoder')
+  decoder = BernoulliDecoder(tuple(reversed(hidden_units)), num_pixels, seed=seed + 1000,
+                             name='decoder')
+  encoder.build((None, num_pixels))
+  decoder.build((None, latent_dim))
+  return encoder, decoder

@@ -1,0 +1,112 @@
+"""RME objectives as pure functions returning per-example values (RME.md).
+
+For each example x, one reparameterized sample z_j ~ q_j(z|x) per component
+(S of them) feeds every objective:
+
+  component 1:   J_1 = ELBO(q_1; x) = E_{q_1}[log p(x|z) + log p(z) - log q_1(z|x)]
+  component m>1: J_m = E_{q_m}[log p(x|z) + log p(z) - (1-lambda) log q_m(z|x)
+                               - lambda log Qt_{m-1}(z|x)]
+                 Qt_{m-1} = (1 - delta) Q_{m-1} + delta p(z)      (defensive floor)
+                 i.e. ELBO(q_m) + lambda KL(q_m || Qt_{m-1}).
+  mixture bound: ELBO(Q; x) = sum_j alpha_j E_{q_j}[log p(x|z) + log p(z) - log Q(z|x)]
+                 (stratified: exact in expectation, no discrete sampling).
+
+Q_{m-1} is held fixed inside J_m: the predecessors' parameters and weights are
+stopped, the sample z_m is not. Which variables each value trains is the
+trainer's business (it takes each gradient w.r.t. its own group); this module
+only guarantees the stop-gradients that make J_m a function of phi_m alone.
+
+Shapes: S samples, B batch, M components, D latent size.
+"""
+
+import math
+from typing import Callable, NamedTuple
+
+import tensorflow as tf
+
+from rec_vae_tf import posterior
+
+
+class RMETerms(NamedTuple):
+  """Per-example values of one forward pass."""
+  component_objective: tf.Tensor  # [B, M] J_m (J_1 is the ELBO of q_1); zero where inactive
+  component_elbo: tf.Tensor       # [B, M] ELBO(q_m; x); zero where inactive
+  mixture_elbo: tf.Tensor         # [B] stratified ELBO(Q_active; x)
+  log_alpha: tf.Tensor            # [B, M] mixture log weights (inactive: very negative)
+  log_p_x_given_z: tf.Tensor      # [B, M] E_{q_m} log p(x|z), the reconstruction term
+
+
+def rme_terms(
+    log_p_x_given_z_fn: Callable[[tf.Tensor], tf.Tensor],
+    loc: tf.Tensor,
+    scale: tf.Tensor,
+    eps_logit: tf.Tensor,
+    noise: tf.Tensor,
+    num_active: tf.Tensor,
+    kl_weight: float,
+    prior_floor: float,
+) -> RMETerms:
+  """Evaluates all RME objectives from one batched decoder pass.
+
+  Args:
+    log_p_x_given_z_fn: z [S, B, M, D] -> log p(x|z) [S, B, M] (the decoder).
+    loc, scale: [B, M, D] component parameters.
+    eps_logit: [B, M] logits of eps_m (column 0 ignored: eps_1 = 1).
+    noise: [S, B, M, D] standard normal draws.
+    num_active: scalar int, number of active components n (1 <= n <= M).
+    kl_weight: lambda in [0, 1).
+    prior_floor: delta in [0, 1); 0 gives the raw KL to Q_{m-1}.
+  Returns:
+    RMETerms.
+  """
+  num_components = loc.shape[-2]
+  active = tf.range(num_components) < num_active  # [M]
+  active_f = tf.cast(active, loc.dtype)
+
+  z = loc[None] + scale[None] * noise  # [S, B, M, D]
+  log_p_x_given_z = log_p_x_given_z_fn(z)  # [S, B, M]
+  log_p_z = posterior.standard_normal_log_prob(z)  # [S, B, M]
+  # log q_m(z_m) with live parameters: log N(loc + scale*e; loc, scale) in closed form.
+  log_q_own = posterior.diag_normal_log_prob(noise, 0.0, 1.0) - tf.reduce_sum(
+      tf.math.log(scale), axis=-1)[None]  # [S, B, M]
+  # log q_i(z_j): predecessors' parameters stopped, the samples live.
+  table = posterior.component_log_prob_table(
+      z, tf.stop_gradient(loc), tf.stop_gradient(scale))  # [S, B, M_i, M_j]
+
+  # Component objectives J_m against the stopped predecessor mixture.
+  log_w_prev = posterior.predecessor_log_weights(tf.stop_gradient(eps_logit))  # [B, M_i, M_m]
+  log_q_prev = posterior.mixture_log_prob(log_w_prev, table)  # [S, B, M]
+  if prior_floor > 0:
+    log_q_prev = tf.reduce_logsumexp(tf.stack([
+        math.log1p(-prior_floor) + log_q_prev,
+        math.log(prior_floor) + log_p_z], axis=0), axis=0)  # [S, B, M]
+  log_joint = log_p_x_given_z + log_p_z  # [S, B, M]
+  elbo_m = log_joint - log_q_own  # [S, B, M]
+  first = tf.cast(tf.range(num_components) == 0, loc.dtype)  # [M]
+  j_m = log_joint - (1.0 - kl_weight) * log_q_own - kl_weight * log_q_prev  # [S, B, M]
+  j_m = first * elbo_m + (1.0 - first) * j_m
+
+  # Stratified mixture bound over the active components.
+  log_alpha = posterior.recursive_log_weights(eps_logit, num_active)  # [B, M]
+  log_q_mix = posterior.mixture_log_prob(log_alpha, table)  # [S, B, M]
+  per_component = tf.reduce_mean(log_joint - log_q_mix, axis=0) * active_f  # [B, M]
+  mixture_elbo = tf.reduce_sum(tf.exp(log_alpha) * per_component, axis=-1)  # [B]
+
+  return RMETerms(
+      component_objective=tf.reduce_mean(j_m, axis=0) * active_f,
+      component_elbo=tf.reduce_mean(elbo_m, axis=0) * active_f,
+      mixture_elbo=mixture_elbo,
+      log_alpha=log_alpha,
+      log_p_x_given_z=tf.reduce_mean(log_p_x_given_z, axis=0) * active_f)
+
+
+def gaussian_kl_to_standard_normal(loc, scale):
+  """KL(N(loc, diag scale^2) || N(0, I)) in closed form, summed over the last axis."""
+  return tf.reduce_sum(
+      0.5 * (tf.square(loc) + tf.square(scale) - 1.0) - tf.math.log(scale), axis=-1)
+
+
+def iwae_bound(log_weights):
+  """log (1/K) sum_k exp(log_weights[k]): [K, B] -> [B]. With K = 1 it is the ELBO."""
+  num = tf.cast(tf.shape(log_weights)[0], log_weights.dtype)
+  return tf.reduce_logsumexp(log_weights, axis=0) - tf.math.log(num)

@@ -1,0 +1,86 @@
+"""PNG pictures of a run: samples, reconstructions and training curves.
+
+Uses matplotlib's non-interactive Agg backend; every function writes one file
+atomically (temporary name, then rename) and returns its path.
+"""
+
+import os
+from typing import Dict, List, Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+
+def _save(fig, path: str) -> str:
+  tmp = path + '.tmp.png'
+  fig.savefig(tmp, dpi=100, bbox_inches='tight')
+  plt.close(fig)
+  os.replace(tmp, path)
+  return path
+
+
+def image_grid(images: np.ndarray, rows: int, side: int = 28) -> np.ndarray:
+  """[N, side*side] -> one [rows*side, cols*side] mosaic."""
+  n = images.shape[0]
+  cols = int(np.ceil(n / rows))
+  grid = np.ones((rows * side, cols * side), np.float32)
+  for i in range(n):
+    r, c = divmod(i, cols)
+    grid[r * side:(r + 1) * side, c * side:(c + 1) * side] = images[i].reshape(side, side)
+  return grid
+
+
+def save_images(rows_of_images: Dict[str, np.ndarray], path: str, title: str) -> str:
+  """One labelled mosaic row per entry (e.g. data / rme / vae)."""
+  fig, axes = plt.subplots(len(rows_of_images), 1,
+                           figsize=(12, 1.3 * len(rows_of_images) * 2 + 0.5), squeeze=False)
+  for ax, (label, images) in zip(axes[:, 0], rows_of_images.items()):
+    ax.imshow(image_grid(images, rows=2), cmap='gray', vmin=0, vmax=1)
+    ax.set_ylabel(label, rotation=0, ha='right', va='center')
+    ax.set_xticks([])
+    ax.set_yticks([])
+  axes[0, 0].set_title(title)
+  return _save(fig, path)
+
+
+def save_training_curves(histories: Dict[str, List[dict]], path: str) -> str:
+  """Train and validation ELBO per epoch for each method, with activation marks."""
+  fig, ax = plt.subplots(figsize=(8, 5))
+  for i, (name, history) in enumerate(histories.items()):
+    color = f'C{i}'
+    epochs = [h['epoch'] for h in history]
+    ax.plot(epochs, [h['train_mixture_elbo'] for h in history], color=color, alpha=0.5,
+            linestyle='--', label=f'{name} train')
+    valid = [(h['epoch'], h['valid_mixture_elbo']) for h in history if 'valid_mixture_elbo' in h]
+    if valid:
+      ax.plot(*zip(*valid), color=color, label=f'{name} validation')
+    previous = 1
+    for h in history:
+      if h['num_active'] != previous:
+        ax.axvline(h['epoch'], color=color, alpha=0.2)
+        previous = h['num_active']
+  finite = [h[k] for hs in histories.values() for h in hs
+            for k in ('train_mixture_elbo', 'valid_mixture_elbo') if k in h]
+  if finite:
+    top = max(finite)
+    ax.set_ylim(np.percentile(finite, 10) - 5, top + 2)
+  ax.set_xlabel('epoch (vertical lines: a component activated)')
+  ax.set_ylabel('ELBO of Q (nats)')
+  ax.grid(alpha=0.3)
+  ax.legend()
+  return _save(fig, path)
+
+
+def save_weights(names: Sequence[str], weights: Sequence[Sequence[float]], path: str) -> str:
+  """Average mixture weight of each component, per method."""
+  fig, ax = plt.subplots(figsize=(6, 4))
+  width = 0.8 / max(len(names), 1)
+  for i, (name, w) in enumerate(zip(names, weights)):
+    ax.bar(np.arange(len(w)) + i * width, w, width=width, label=name)
+  ax.set_xlabel('component')
+  ax.set_ylabel('average weight alpha_m(x) on the test set')
+  ax.legend()
+  return _save(fig, path)

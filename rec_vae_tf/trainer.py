@@ -1,0 +1,405 @@
+"""The RME training loop (RME.md, "The four updates" and "Schedules").
+
+Two loops:
+  * inner: `Trainer.train_steps`, a `tf.function` that runs N steps over a
+    dataset iterator. Each step is one forward pass (M encoders, one decoder
+    pass over all S x B x M samples) and two gradients:
+      - sum_m J_m (component objectives) w.r.t. the encoders phi_1..phi_M,
+      - the stratified mixture bound ELBO(Q) w.r.t. the decoder and the
+        mixing-weight parameters,
+    applied by one Adam optimizer. The step is optionally XLA-compiled and its
+    arguments are tensors, so it traces once.
+  * outer (Python): epochs, the recursion schedule (how many components are
+    active), validation and model selection, checkpoints, TensorBoard
+    summaries, progress lines, and the NaN/Inf guard.
+
+Everything needed to resume lives in one `tf.train.Checkpoint`: networks,
+optimizer, global step, active-component count and the best validation score.
+The data order and binarization noise are functions of (seed, epoch), so the
+data position is recovered from the step count.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Callable, Dict, List, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from rec_vae_tf import config as config_lib
+from rec_vae_tf import data as data_lib
+from rec_vae_tf import errors
+from rec_vae_tf import likelihood
+from rec_vae_tf import networks
+from rec_vae_tf import objective
+from rec_vae_tf import posterior
+
+CHECKPOINT_DIR = 'checkpoints'
+BEST_DIR = 'best'
+HISTORY_FILE = 'history.json'
+SUMMARY_DIR = 'summaries'
+
+
+def num_active_at(cfg: config_lib.Config, step: int, steps_per_epoch: int) -> int:
+  """Active components after `step` optimisation steps under cfg's schedule."""
+  if cfg.schedule == 'simultaneous':
+    return cfg.num_components
+  per_component = max(1, int(round(cfg.epochs_per_component * steps_per_epoch)))
+  return int(min(cfg.num_components, 1 + step // per_component))
+
+
+def next_activation_step(cfg: config_lib.Config, step: int, steps_per_epoch: int) -> Optional[int]:
+  """First step > `step` at which the active count changes, or None."""
+  if cfg.schedule == 'simultaneous' or num_active_at(cfg, step, steps_per_epoch) >= cfg.num_components:
+    return None
+  per_component = max(1, int(round(cfg.epochs_per_component * steps_per_epoch)))
+  return (step // per_component + 1) * per_component
+
+
+class Trainer:
+  """Owns the networks, optimizer, checkpoint and the compiled step of one run."""
+
+  def __init__(self, cfg: config_lib.Config, workdir: str, *,
+               make_networks: Callable = networks.build_networks,
+               num_pixels: int = 784):
+    self.cfg = cfg
+    self.workdir = workdir
+    self.encoder, self.decoder = make_networks(
+        cfg.num_components, cfg.hidden_units, cfg.latent_dim, cfg.eps_mode, cfg.seed,
+        num_pixels=num_pixels)
+    self.component_vars = self.encoder.component_variables
+    self.mixture_vars = self.decoder.trainable_variables + self.encoder.weight_variables
+    self.all_vars = self.component_vars + self.mixture_vars
+    # Variables with one slice per component (leading axis M): frozen slice-wise
+    # under `freeze_earlier`.
+    self._sliced_vars = self.component_vars + self.encoder.weight_variables
+    self.optimizer = keras.optimizers.Adam(cfg.learning_rate)
+    self.optimizer.build(self.all_vars)
+
+    self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
+    self.num_active = tf.Variable(1 if cfg.schedule != 'simultaneous' else cfg.num_components,
+                                  dtype=tf.int32, trainable=False, name='num_active')
+    self.best_validation = tf.Variable(-np.inf, dtype=tf.float64, trainable=False,
+                                       name='best_validation_elbo')
+    self.checkpoint = tf.train.Checkpoint(
+        encoder=self.encoder, decoder=self.decoder, optimizer=self.optimizer,
+        step=self.step, num_active=self.num_active, best_validation=self.best_validation)
+    self.manager = tf.train.CheckpointManager(
+        self.checkpoint, os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=3)
+    # The selected model: networks and the state they were selected in.
+    self._best_step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    self._best_active = tf.Variable(1, dtype=tf.int32, trainable=False)
+    self.best_checkpoint = tf.train.Checkpoint(
+        encoder=self.encoder, decoder=self.decoder, step=self._best_step,
+        num_active=self._best_active)
+    self.best_manager = tf.train.CheckpointManager(
+        self.best_checkpoint, os.path.join(workdir, BEST_DIR), max_to_keep=1)
+
+    self.trace_count = 0
+    step_fn = tf.function(self._step, jit_compile=cfg.xla)
+    self._compiled_step = step_fn
+    self.train_steps = tf.function(self._train_steps)
+
+  # ------------------------------------------------------------ inner loop
+  def _log_p_x_given_z_fn(self, x):
+    return lambda z: self.decoder.log_prob(x, z)  # [S, B, M]
+
+  def _step(self, x, num_active, trainable_from):
+    """One RME step. x: [B, P]; num_active, trainable_from: int32 scalars."""
+    self.trace_count += 1  # Python side effect: runs only while tracing.
+    cfg = self.cfg
+    batch = tf.shape(x)[0]
+    seed = tf.stack([tf.cast(cfg.seed, tf.int64), self.step])
+    noise = tf.random.stateless_normal(
+        [cfg.num_train_samples, batch, cfg.num_components, cfg.latent_dim], seed=seed)
+    index = tf.range(cfg.num_components)
+    frozen = index < trainable_from  # [M]
+    with tf.GradientTape(persistent=True) as tape:
+      enc = self.encoder(x)
+      # Frozen components' weights stay put (freeze_earlier); others train.
+      eps_logit = tf.where(frozen, tf.stop_gradient(enc.eps_logit), enc.eps_logit)
+      terms = objective.rme_terms(
+          self._log_p_x_given_z_fn(x), enc.loc, enc.scale, eps_logit, noise,
+          num_active, cfg.kl_weight, cfg.prior_floor)
+      trained = tf.cast(tf.logical_not(frozen), x.dtype)  # [M]
+      component_loss = -tf.reduce_mean(tf.reduce_sum(terms.component_objective * trained, -1))
+      mixture_loss = -tf.reduce_mean(terms.mixture_elbo)
+    grads = (tape.gradient(component_loss, self.component_vars) +
+             tape.gradient(mixture_loss, self.mixture_vars))
+    del tape
+    before = [tf.identity(v) for v in self._sliced_vars]
+    self.optimizer.apply_gradients(zip(grads, self.all_vars))
+    for var, old in zip(self._sliced_vars, before):
+      mask = tf.reshape(frozen, [-1] + [1] * (len(var.shape) - 1))
+      var.assign(tf.where(mask, old, var))
+    self.step.assign_add(1)
+    alpha = tf.exp(terms.log_alpha)
+    return {
+        'mixture_elbo': tf.reduce_mean(terms.mixture_elbo),
+        'component_objective': tf.reduce_mean(terms.component_objective, 0),  # [M]
+        'component_elbo': tf.reduce_mean(terms.component_elbo, 0),  # [M]
+        'mixture_weights': tf.reduce_mean(alpha, 0),  # [M]
+        'weight_entropy': tf.reduce_mean(posterior.weight_entropy(terms.log_alpha)),
+        'grad_norm': tf.linalg.global_norm(grads),
+    }
+
+  def _train_steps(self, iterator, num_steps, num_active, trainable_from):
+    """Runs num_steps steps; returns metrics averaged over them and a finiteness flag."""
+    totals = self._compiled_step(next(iterator), num_active, trainable_from)
+    for _ in tf.range(num_steps - 1):
+      metrics = self._compiled_step(next(iterator), num_active, trainable_from)
+      totals = {k: totals[k] + metrics[k] for k in totals}
+    return {k: v / tf.cast(num_steps, v.dtype) for k, v in totals.items()}
+
+  # ------------------------------------------------------------ outer loop
+  def restore_latest(self) -> Optional[str]:
+    """Restores the newest readable checkpoint; returns its path or None."""
+    path = self.manager.latest_checkpoint
+    if path:
+      self.checkpoint.restore(path).assert_existing_objects_matched()
+    return path
+
+  def activate(self, num_active: int) -> None:
+    """Sets the active-component count; with warm_start the new component copies the newest."""
+    previous = int(self.num_active.numpy())
+    self.num_active.assign(num_active)
+    if self.cfg.warm_start and num_active == previous + 1 and previous >= 1:
+      for var in self.component_vars:
+        value = var.numpy()
+        value[previous] = value[previous - 1]
+        var.assign(value)
+
+  def trainable_from(self) -> int:
+    """Components below this index are frozen (freeze_earlier only)."""
+    if self.cfg.schedule == 'freeze_earlier':
+      return int(self.num_active.numpy()) - 1
+    return 0
+
+
+def _format_seconds(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f'{seconds // 60}m{seconds % 60:02d}s' if seconds >= 60 else f'{seconds}s'
+
+
+def _read_history(path: str, up_to_step: int) -> List[Dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    history = json.load(f)
+  return [h for h in history if h['step'] <= up_to_step]
+
+
+def _write_json_atomic(path: str, value) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(value, f, indent=1)
+  os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class TrainResult:
+  trainer: Trainer
+  history: List[Dict]
+  train_seconds: float
+  steps: int
+  splits: data_lib.Splits
+
+
+def check_workdir(workdir: str) -> None:
+  """Fails fast with a one-line error if workdir cannot be created or written."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, '.write_probe')
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise errors.UserError(f'workdir {workdir} is not writable: {e.strerror or e}') from None
+
+
+def train(cfg: config_lib.Config, workdir: str, *,
+          load_data: Callable = data_lib.load_mnist,
+          make_networks: Callable = networks.build_networks,
+          log: Callable[[str], None] = print,
+          stop_after_steps: Optional[int] = None) -> TrainResult:
+  """Trains (or resumes) a run in `workdir`.
+
+  Args:
+    cfg: validated config.
+    workdir: run directory; holds config.json, checkpoints/, best/, history.json,
+      summaries/. An existing run with a different config is refused.
+    load_data: (data_dir, train_examples=..) -> data.Splits (injectable for tests).
+    make_networks: builds (encoder, decoder) like `networks.build_networks`.
+    log: receives progress lines.
+    stop_after_steps: stop (after checkpointing) once the global step reaches
+      this value; for tests of interruption and resumption.
+  Returns:
+    TrainResult with the trainer restored to the selected (best validation) state.
+  Raises:
+    UserError: bad workdir, config mismatch, data problems.
+    TrainingDiverged: non-finite loss (the last good checkpoint is kept).
+  """
+  cfg.validate()
+  check_workdir(workdir)
+  config_file = config_lib.config_path(workdir)
+  if os.path.exists(config_file):
+    previous = config_lib.Config.load(config_file)
+    if previous != cfg:
+      changed = sorted(k for k, v in cfg.to_dict().items() if previous.to_dict().get(k) != v)
+      raise errors.UserError(
+          f'{workdir} holds a run with a different config (fields {", ".join(changed)}); '
+          'use a new --workdir or the same flags to resume')
+  splits = load_data(cfg.data_dir, train_examples=cfg.train_examples or None)
+  cfg.save(config_file)
+
+  spe = data_lib.steps_per_epoch(len(splits.train), cfg.batch_size)
+  if spe < 1:
+    raise errors.UserError(
+        f'batch_size={cfg.batch_size} is larger than the {len(splits.train)} training examples')
+  total_steps = cfg.epochs * spe
+  if cfg.schedule != 'simultaneous' and cfg.last_activation_epoch() >= cfg.epochs:
+    log(f'warning: with epochs={cfg.epochs} and epochs_per_component={cfg.epochs_per_component} '
+        f'only {num_active_at(cfg, total_steps - 1, spe)} of {cfg.num_components} components '
+        'will become active')
+
+  trainer = Trainer(cfg, workdir, make_networks=make_networks, num_pixels=splits.train.shape[1])
+  restored = trainer.restore_latest()
+  step = int(trainer.step.numpy())
+  history = _read_history(os.path.join(workdir, HISTORY_FILE), step)
+  if restored:
+    log(f'resumed from {restored}: step {step}, {int(trainer.num_active.numpy())} active components')
+  valid_ds = data_lib.make_eval_dataset(splits.valid, batch_size=cfg.eval_batch_size,
+                                        seed=cfg.seed + 1)
+  writer = tf.summary.create_file_writer(os.path.join(workdir, SUMMARY_DIR))
+  train_seconds = sum(h.get('epoch_seconds', 0.0) for h in history)
+  start_epoch = step // spe
+  num_params = networks.count_parameters(trainer.encoder, trainer.decoder)
+  if step < total_steps:
+    log(f'training {cfg.method} (M={cfg.num_components}, {num_params:,} parameters) for '
+        f'{cfg.epochs} epochs x {spe} steps on {len(splits.train)} images')
+
+  for epoch in range(start_epoch, cfg.epochs):
+    if stop_after_steps is not None and step >= stop_after_steps:
+      break
+    epoch_start = time.perf_counter()
+    skip = step - epoch * spe
+    dataset = data_lib.make_train_dataset(
+        splits.train, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
+        binarization=cfg.binarization, skip_batches=skip)
+    iterator = iter(dataset)
+    epoch_end = (epoch + 1) * spe
+    sums, count = {}, 0
+    while step < epoch_end:
+      want_active = num_active_at(cfg, step, spe)
+      if want_active != int(trainer.num_active.numpy()):
+        trainer.activate(want_active)
+        log(f'step {step}: component {want_active} of {cfg.num_components} activated')
+      boundary = next_activation_step(cfg, step, spe)
+      chunk_end = min(epoch_end, boundary if boundary else epoch_end)
+      if stop_after_steps is not None:
+        chunk_end = min(chunk_end, max(stop_after_steps, step + 1))
+      n = chunk_end - step
+      metrics = trainer.train_steps(
+          iterator, tf.constant(n, tf.int32), trainer.num_active.read_value(),
+          tf.constant(trainer.trainable_from(), tf.int32))
+      metrics = {k: v.numpy() for k, v in metrics.items()}
+      if not all(np.all(np.isfinite(v)) for v in metrics.values()):
+        bad = sorted(k for k, v in metrics.items() if not np.all(np.isfinite(v)))
+        raise errors.TrainingDiverged(
+            f'non-finite {", ".join(bad)} between steps {step} and {chunk_end}; stopped without '
+            f'saving, last good checkpoint {trainer.manager.latest_checkpoint or "(none)"} kept; '
+            'try a lower --learning_rate')
+      for k, v in metrics.items():
+        sums[k] = sums.get(k, 0.0) + v * n
+      count += n
+      step = chunk_end
+      if stop_after_steps is not None and step >= stop_after_steps:
+        break
+    epoch_seconds = time.perf_counter() - epoch_start
+    train_seconds += epoch_seconds
+    means = {k: v / max(count, 1) for k, v in sums.items()}
+    entry = {'epoch': epoch + 1 if step == epoch_end else epoch + count / spe, 'step': step,
+             'num_active': int(trainer.num_active.numpy()), 'epoch_seconds': epoch_seconds,
+             'train_mixture_elbo': float(means.get('mixture_elbo', np.nan)),
+             'component_elbo': [float(v) for v in np.atleast_1d(means.get('component_elbo', []))],
+             'component_objective': [float(v) for v in np.atleast_1d(means.get('component_objective', []))],
+             'mixture_weights': [float(v) for v in np.atleast_1d(means.get('mixture_weights', []))],
+             'weight_entropy': float(means.get('weight_entropy', np.nan))}
+    completed = step == epoch_end
+    is_best = False
+    if completed and ((epoch + 1) % cfg.validation_every == 0 or epoch + 1 == cfg.epochs):
+      val = likelihood.evaluate_elbo(trainer.encoder, trainer.decoder, valid_ds,
+                                     trainer.num_active.read_value(), seed=cfg.seed + 2)
+      entry['valid_mixture_elbo'] = val['mixture_elbo']
+      if not math.isfinite(val['mixture_elbo']):
+        raise errors.TrainingDiverged(
+            f'non-finite validation ELBO at step {step}; last good checkpoint '
+            f'{trainer.manager.latest_checkpoint or "(none)"} kept')
+      if val['mixture_elbo'] > trainer.best_validation.numpy():
+        trainer.best_validation.assign(val['mixture_elbo'])
+        trainer._best_step.assign(step)
+        trainer._best_active.assign(trainer.num_active)
+        trainer.best_manager.save(checkpoint_number=step)
+        is_best = True
+    with writer.as_default(step=step):
+      tf.summary.scalar('train/mixture_elbo', entry['train_mixture_elbo'])
+      tf.summary.scalar('train/weight_entropy', entry['weight_entropy'])
+      tf.summary.scalar('train/num_active', entry['num_active'])
+      for m, (o, e, w) in enumerate(zip(entry['component_objective'], entry['component_elbo'],
+                                        entry['mixture_weights'])):
+        if m < entry['num_active']:
+          tf.summary.scalar(f'component_{m + 1}/objective', o)
+          tf.summary.scalar(f'component_{m + 1}/elbo', e)
+          tf.summary.scalar(f'component_{m + 1}/weight', w)
+      if 'valid_mixture_elbo' in entry:
+        tf.summary.scalar('valid/mixture_elbo', entry['valid_mixture_elbo'])
+    writer.flush()
+    history.append(entry)
+    trainer.manager.save(checkpoint_number=step)
+    _write_json_atomic(os.path.join(workdir, HISTORY_FILE), history)
+    remaining = (cfg.epochs - epoch - 1) * (train_seconds / max(len(history), 1))
+    val_text = (f' valid ELBO {entry["valid_mixture_elbo"]:.2f}{" *" if is_best else ""}'
+                if 'valid_mixture_elbo' in entry else '')
+    log(f'epoch {epoch + 1}/{cfg.epochs} step {step} active {entry["num_active"]}/'
+        f'{cfg.num_components} train ELBO {entry["train_mixture_elbo"]:.2f}{val_text} '
+        f'{epoch_seconds:.1f}s ETA {_format_seconds(remaining)}')
+
+  finished = step >= total_steps
+  if finished and trainer.best_manager.latest_checkpoint:
+    trainer.best_checkpoint.restore(trainer.best_manager.latest_checkpoint).expect_partial()
+    trainer.num_active.assign(trainer._best_active)
+  return TrainResult(trainer=trainer, history=history, train_seconds=train_seconds,
+                     steps=step, splits=splits)
+
+
+def restore_for_evaluation(workdir: str, *, which: str = 'best',
+                           make_networks: Callable = networks.build_networks,
+                           num_pixels: int = 784):
+  """Loads a run's networks for evaluation or export.
+
+  Args:
+    workdir: a run directory written by `train`.
+    which: 'best' (the validation-selected state), 'latest', or a checkpoint path.
+  Returns:
+    (cfg, trainer, checkpoint_path) with trainer.num_active set to the restored count.
+  """
+  cfg = config_lib.Config.load(config_lib.config_path(workdir))
+  trainer = Trainer(cfg, workdir, make_networks=make_networks, num_pixels=num_pixels)
+  if which == 'best':
+    path = trainer.best_manager.latest_checkpoint
+    if not path:
+      raise errors.UserError(f'{workdir} has no selected (best) checkpoint yet; '
+                             'finish an epoch of training first or pass --checkpoint=latest')
+    trainer.best_checkpoint.restore(path).expect_partial()
+    trainer.num_active.assign(trainer._best_active)
+    trainer.step.assign(trainer._best_step)
+  else:
+    path = trainer.manager.latest_checkpoint if which == 'latest' else which
+    if not path or not tf.io.gfile.exists(path + '.index'):
+      raise errors.UserError(f'no checkpoint {which!r} in {workdir}')
+    trainer.checkpoint.restore(path).expect_partial()
+  return cfg, trainer, path
