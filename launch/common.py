@@ -1,0 +1,105 @@
+"""Shared pieces of the absl launchers: flag definitions and one-line errors.
+
+Flags live here and in the launchers only; they are turned into a frozen,
+validated `rec_vae_tf.config.Config` before any work is done.
+"""
+
+import os
+import sys
+
+# TensorFlow's C++ start-up chatter (CPU features, CUDA probing) is noise for a
+# command-line user; warnings and errors still show.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import flags  # pylint: disable=g-import-not-at-top
+
+from rec_vae_tf import config as config_lib  # pylint: disable=g-import-not-at-top
+from rec_vae_tf import errors  # pylint: disable=g-import-not-at-top
+
+FLAGS = flags.FLAGS
+_DEFAULT = config_lib.Config()
+
+
+def define_config_flags() -> None:
+  """Defines one flag per `Config` field (defaults from `Config`)."""
+  d = _DEFAULT
+  flags.DEFINE_string('method', d.method, f'Method to train: {", ".join(config_lib.METHODS)}.')
+  flags.DEFINE_integer('num_components', None,
+                       'M, mixture components (encoders). Default: 4 for rme, 1 for vae.')
+  flags.DEFINE_integer('latent_dim', d.latent_dim, 'D, latent dimensions.')
+  flags.DEFINE_string('network', d.network,
+                      'Dense network size: small (2x200 hidden) or large (2x500 hidden).')
+  flags.DEFINE_float('kl_weight', d.kl_weight,
+                     'lambda in [0, 1): weight of KL(q_m || Q_{m-1}) in the component objective.')
+  flags.DEFINE_float('prior_floor', d.prior_floor,
+                     'delta in [0, 1): the KL is measured against (1-delta) Q_{m-1} + delta p(z); '
+                     '0 uses the raw KL (may diverge for large lambda).')
+  flags.DEFINE_string('eps_mode', d.eps_mode,
+                      'Mixing weights: amortized (eps_m(x) head), global (a scalar per component), '
+                      'fixed (2/(m+1)).')
+  flags.DEFINE_string('schedule', d.schedule,
+                      'recursive (add a component every --epochs_per_component epochs), '
+                      'freeze_earlier (same, earlier components frozen), simultaneous (all at once).')
+  flags.DEFINE_float('epochs_per_component', d.epochs_per_component,
+                     'Recursion budget: epochs of training before the next component is activated.')
+  flags.DEFINE_boolean('warm_start', d.warm_start,
+                       'Start each new component as a copy of the newest active one (recursive '
+                       'schedules); otherwise it starts from its own random initialisation.')
+  flags.DEFINE_string('dataset', d.dataset, 'Dataset: mnist.')
+  flags.DEFINE_string('data_dir', d.data_dir,
+                      'Directory with mnist.npz (./run.sh prepares it) or the original IDX .gz files.')
+  flags.DEFINE_string('binarization', d.binarization,
+                      'dynamic (fresh Bernoulli draw each epoch) or static (one fixed draw).')
+  flags.DEFINE_integer('train_examples', d.train_examples,
+                       'Use only the first N training images (0: all); for smoke runs.')
+  flags.DEFINE_integer('epochs', d.epochs, 'Training epochs.')
+  flags.DEFINE_integer('batch_size', d.batch_size, 'Training batch size.')
+  flags.DEFINE_float('learning_rate', d.learning_rate, 'Adam learning rate.')
+  flags.DEFINE_integer('num_train_samples', d.num_train_samples,
+                       'S, reparameterized samples per component per training step.')
+  flags.DEFINE_integer('seed', d.seed, 'Random seed (initialisation, data order, noise).')
+  flags.DEFINE_boolean('xla', d.xla, 'Compile the training and evaluation steps with XLA.')
+  flags.DEFINE_integer('num_importance_samples', d.num_importance_samples,
+                       'K, importance samples per test image for log p(x) (5000 is the literature standard).')
+  flags.DEFINE_integer('eval_batch_size', d.eval_batch_size, 'Evaluation batch size.')
+  flags.DEFINE_integer('eval_chunk', d.eval_chunk,
+                       'Importance samples evaluated at once (bounds memory).')
+  flags.DEFINE_integer('validation_every', d.validation_every,
+                       'Epochs between validation ELBO evaluations (model selection).')
+
+
+def config_from_flags(**overrides) -> config_lib.Config:
+  """Builds and validates the Config from the parsed flags."""
+  values = {}
+  for field in config_lib.Config.__dataclass_fields__:
+    if field in FLAGS:
+      values[field] = FLAGS[field].value
+  values.update(overrides)
+  if values.get('num_components') is None:
+    values['num_components'] = 1 if values.get('method') == 'vae' else _DEFAULT.num_components
+  return config_lib.Config(**values).validate()
+
+
+def run(main):
+  """absl main wrapper: a UserError becomes one line on stderr and exit status 2."""
+  def wrapped(argv):
+    if len(argv) > 1:
+      _fail(f'unexpected positional arguments: {" ".join(argv[1:])} (flags are --name=value)')
+    try:
+      return main(argv)
+    except errors.UserError as e:
+      _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except KeyboardInterrupt:
+      _fail('interrupted; the last checkpoint is kept, re-run the same command to resume')
+  return wrapped
+
+
+def _fail(message: str) -> None:
+  sys.stdout.flush()
+  sys.stderr.write(f'error: {message}\n')
+  sys.stderr.flush()
+  sys.exit(2)
+
+
+def log(message: str) -> None:
+  print(message, flush=True)

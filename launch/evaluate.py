@@ -1,0 +1,64 @@
+r"""Evaluates a trained run on the test set: importance-sampled log p(x) and more.
+
+  python -m launch.evaluate --workdir=runs/rme --num_importance_samples=5000
+
+Prints and writes <workdir>/eval_<checkpoint>_K<K>.json: test log-likelihood
+(importance sampling with the mixture posterior as proposal, K reported), test
+ELBO, per-component ELBO, mixture weights and their entropy, and the encoder's
+milliseconds per batch. Cost with the small network on a 2-core CPU: about
+10 s per 1000 test images at K=1000 (linear in K).
+"""
+
+import json
+import os
+
+from absl import app
+from absl import flags
+
+from launch import common
+from rec_vae_tf import data as data_lib
+from rec_vae_tf import errors
+from rec_vae_tf import likelihood
+from rec_vae_tf import trainer
+
+flags.DEFINE_string('workdir', None, 'Run directory written by launch/train.py.')
+flags.DEFINE_string('checkpoint', 'best', "'best' (validation-selected), 'latest', or a checkpoint path.")
+flags.DEFINE_integer('num_importance_samples', None, 'K; default: the run config value.')
+flags.DEFINE_integer('test_examples', 0, 'Evaluate only the first N test images (0: all 10,000).')
+flags.DEFINE_string('data_dir', None, 'Data directory; default: the run config value.')
+flags.DEFINE_integer('eval_seed', 0, 'Seed of the importance samples and the test binarization.')
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  if not FLAGS.workdir:
+    raise errors.UserError('--workdir is required')
+  cfg, tr, path = trainer.restore_for_evaluation(FLAGS.workdir, which=FLAGS.checkpoint)
+  k = FLAGS.num_importance_samples or cfg.num_importance_samples
+  if k < 1:
+    raise errors.ConfigError(f'invalid flag: num_importance_samples={k}; allowed: an integer >= 1')
+  if FLAGS.test_examples < 0:
+    raise errors.ConfigError(f'invalid flag: test_examples={FLAGS.test_examples}; allowed: >= 0')
+  splits = data_lib.load_mnist(FLAGS.data_dir or cfg.data_dir)
+  test = splits.test[:FLAGS.test_examples] if FLAGS.test_examples else splits.test
+  dataset = data_lib.make_eval_dataset(test, batch_size=cfg.eval_batch_size, seed=FLAGS.eval_seed)
+  common.log(f'evaluating {path} ({int(tr.num_active.numpy())} active components) on '
+             f'{len(test)} test images with K={k}')
+  result = likelihood.evaluate(tr.encoder, tr.decoder, dataset, tr.num_active.numpy(),
+                               num_samples=k, chunk=cfg.eval_chunk, seed=FLAGS.eval_seed,
+                               xla=cfg.xla, log=common.log)
+  result['checkpoint'] = path
+  result['method'] = cfg.method
+  name = f'eval_{os.path.basename(path)}_K{k}.json'
+  out = os.path.join(FLAGS.workdir, name)
+  with open(out + '.tmp', 'w') as f:
+    json.dump(result, f, indent=1)
+  os.replace(out + '.tmp', out)
+  common.log(f'test log p(x) {result["test_log_likelihood"]:.3f} (K={k}), test ELBO '
+             f'{result["test_elbo"]:.3f}, weights {[round(w, 3) for w in result["mixture_weights"]]}, '
+             f'encoder {result["encoder_ms_per_batch"]:.2f} ms/batch; written to {out}')
+
+
+if __name__ == '__main__':
+  app.run(common.run(main))

@@ -1,0 +1,34 @@
+r"""Trains one model (RME or the VAE baseline) into a run directory.
+
+  python -m launch.train --workdir=runs/rme --method=rme --num_components=4 \
+      --kl_weight=0.3 --epochs=40
+
+Writes <workdir>/config.json, checkpoints/ (resume state), best/ (the model
+selected by validation ELBO), history.json and summaries/ (TensorBoard).
+Re-running the same command on an existing workdir resumes from the latest
+checkpoint; a different config is refused. Cost: about 3-4 s per epoch for
+RME(M=4) and 1-2 s for the VAE on a 2-core CPU with the default small network.
+"""
+
+from absl import app
+from absl import flags
+
+from launch import common
+from rec_vae_tf import trainer
+
+flags.DEFINE_string('workdir', 'runs/train', 'Run directory (created; resumed if it exists).')
+common.define_config_flags()
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  cfg = common.config_from_flags()
+  result = trainer.train(cfg, FLAGS.workdir, log=common.log)
+  best = result.trainer.best_validation.numpy()
+  common.log(f'done: {result.steps} steps, {result.train_seconds:.0f}s of training, '
+             f'best validation ELBO {best:.3f} (model in {FLAGS.workdir}/best)')
+
+
+if __name__ == '__main__':
+  app.run(common.run(main))
