@@ -359,8 +359,10 @@ def train(cfg: config_lib.Config, workdir: str, *,
         tf.summary.scalar('valid/mixture_elbo', entry['valid_mixture_elbo'])
     writer.flush()
     history.append(entry)
-    trainer.manager.save(checkpoint_number=step)
+    # History first: a kill between the two leaves an entry past the checkpoint,
+    # which _read_history drops on resume (the other order would lose the entry).
     _write_json_atomic(os.path.join(workdir, HISTORY_FILE), history)
+    trainer.manager.save(checkpoint_number=step)
     remaining = (cfg.epochs - epoch - 1) * (train_seconds / max(len(history), 1))
     val_text = (f' valid ELBO {entry["valid_mixture_elbo"]:.2f}{" *" if is_best else ""}'
                 if 'valid_mixture_elbo' in entry else '')

@@ -1,0 +1,52 @@
+"""Config validation and JSON round trip."""
+import pytest
+
+from rec_vae_tf import config as config_lib
+from rec_vae_tf import errors
+
+
+def test_default_is_valid_and_round_trips(tmp_path):
+  cfg = config_lib.Config().validate()
+  path = str(tmp_path / 'config.json')
+  cfg.save(path)
+  assert config_lib.Config.load(path) == cfg
+
+
+@pytest.mark.parametrize('field,value,needle', [
+    ('num_components', 0, 'num_components=0'),
+    ('kl_weight', 1.5, 'kl_weight=1.5'),
+    ('kl_weight', 1.0, '[0.0, 1.0)'),
+    ('prior_floor', -0.1, 'prior_floor'),
+    ('eps_mode', 'learned', 'amortized, global, fixed'),
+    ('schedule', 'greedy', 'recursive, freeze_earlier, simultaneous'),
+    ('epochs', 0, 'epochs=0'),
+    ('batch_size', 2.5, 'batch_size'),
+    ('method', 'flow', 'rme, vae'),
+    ('epochs_per_component', 0.0, 'epochs_per_component'),
+    ('learning_rate', float('nan'), 'learning_rate'),
+    ('xla', 'yes', 'true or false'),
+])
+def test_invalid_fields_are_named_with_what_is_allowed(field, value, needle):
+  with pytest.raises(errors.ConfigError) as e:
+    config_lib.Config(**{field: value}).validate()
+  message = str(e.value)
+  assert needle in message and '\n' not in message
+
+
+def test_vae_has_one_component():
+  assert config_lib.default_config('vae').validate().num_components == 1
+  with pytest.raises(errors.ConfigError, match='method=vae'):
+    config_lib.Config(method='vae', num_components=3).validate()
+
+
+def test_unknown_fields_and_missing_file(tmp_path):
+  with pytest.raises(errors.ConfigError, match='unknown'):
+    config_lib.Config.from_dict({'num_components': 2, 'colour': 'red'})
+  with pytest.raises(errors.UserError, match='no config'):
+    config_lib.Config.load(str(tmp_path / 'nope.json'))
+
+
+def test_activation_schedule():
+  cfg = config_lib.Config(num_components=4, epochs_per_component=2.5)
+  assert cfg.last_activation_epoch() == 7.5
+  assert cfg.replace(schedule='simultaneous').last_activation_epoch() == 0.0

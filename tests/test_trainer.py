@@ -1,0 +1,182 @@
+"""The training loop: recursion stages, resumption, tracing, freezing, routing, NaN guard."""
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rec_vae_tf import config as config_lib
+from rec_vae_tf import data as data_lib
+from rec_vae_tf import errors
+from rec_vae_tf import networks
+from rec_vae_tf import objective
+from rec_vae_tf import trainer as trainer_lib
+
+P = 12  # pixels
+N_TRAIN, BATCH = 24, 4  # 6 steps per epoch
+
+
+def _load_data(data_dir, train_examples=None):
+  del data_dir
+  rng = np.random.default_rng(0)
+  images = (rng.random([N_TRAIN + 12, P]) * 255).astype(np.uint8)
+  train = images[:N_TRAIN][:train_examples] if train_examples else images[:N_TRAIN]
+  return data_lib.Splits(train=train, valid=images[N_TRAIN:N_TRAIN + 6], test=images[N_TRAIN + 6:])
+
+
+def _tiny_networks(num_components, hidden_units, latent_dim, eps_mode, seed, num_pixels):
+  del hidden_units
+  return networks.build_networks(num_components, (8,), latent_dim, eps_mode, seed, num_pixels)
+
+
+def _cfg(**kw):
+  base = dict(num_components=3, latent_dim=2, epochs=3, epochs_per_component=1.0,
+              batch_size=BATCH, eval_batch_size=4, learning_rate=1e-2, xla=False, seed=1)
+  base.update(kw)
+  return config_lib.Config(**base).validate()
+
+
+def _train(cfg, workdir, **kw):
+  return trainer_lib.train(cfg, str(workdir), load_data=_load_data, make_networks=_tiny_networks,
+                           log=lambda s: None, **kw)
+
+
+def _values(trainer):
+  return [v.numpy().copy() for v in trainer.all_vars]
+
+
+def test_schedule():
+  cfg = _cfg()
+  assert [trainer_lib.num_active_at(cfg, s, 6) for s in (0, 5, 6, 11, 12, 100)] == [1, 1, 2, 2, 3, 3]
+  assert trainer_lib.next_activation_step(cfg, 0, 6) == 6
+  assert trainer_lib.next_activation_step(cfg, 12, 6) is None
+  assert trainer_lib.num_active_at(cfg.replace(schedule='simultaneous'), 0, 6) == 3
+
+
+def test_two_stages_then_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
+  cfg = _cfg()
+  full = _train(cfg, tmp_path / 'full')
+  assert full.steps == 18
+  assert int(full.trainer.step.numpy()) == full.trainer._best_step.numpy()  # selected at the end
+  assert [h['num_active'] for h in full.history] == [1, 2, 3]
+
+  part = _train(cfg, tmp_path / 'part', stop_after_steps=8)  # mid-epoch, in stage 2
+  assert part.steps == 8 and int(part.trainer.num_active.numpy()) == 2
+  ckpt = tf.train.latest_checkpoint(str(tmp_path / 'part' / trainer_lib.CHECKPOINT_DIR))
+  assert ckpt.endswith('-8')
+  resumed = _train(cfg, tmp_path / 'part')  # a fresh Trainer, as after a crash
+  assert resumed.steps == 18 and int(resumed.trainer.num_active.numpy()) == 3
+  assert [h['step'] for h in resumed.history] == [6, 8, 12, 18]
+  # Same data order, noise, optimizer state: the same parameters as without interruption.
+  tr_full = trainer_lib.restore_for_evaluation(str(tmp_path / 'full'), which='latest',
+                                               make_networks=_tiny_networks, num_pixels=P)[1]
+  tr_resumed = trainer_lib.restore_for_evaluation(str(tmp_path / 'part'), which='latest',
+                                                  make_networks=_tiny_networks, num_pixels=P)[1]
+  assert int(tr_resumed.step.numpy()) == 18
+  for a, b in zip(_values(tr_full), _values(tr_resumed)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_of_a_finished_run_does_nothing_and_other_config_is_refused(tmp_path):
+  cfg = _cfg(epochs=1)
+  _train(cfg, tmp_path)
+  again = _train(cfg, tmp_path)
+  assert again.steps == 6
+  with pytest.raises(errors.UserError, match='different config.*kl_weight'):
+    _train(cfg.replace(kl_weight=0.5), tmp_path)
+
+
+def test_step_is_traced_once_with_xla_across_stages(tmp_path):
+  result = _train(_cfg(xla=True), tmp_path)
+  assert result.trainer.trace_count == 1
+  assert result.trainer.train_steps.experimental_get_tracing_count() == 1
+
+
+def test_inactive_components_do_not_move_and_freeze_earlier_freezes(tmp_path):
+  cfg = _cfg(schedule='freeze_earlier', eps_mode='global', warm_start=False)
+  tr = _train(cfg, tmp_path / 'a', stop_after_steps=6).trainer  # stage 1 only
+  fresh = trainer_lib.Trainer(cfg, str(tmp_path / 'b'), make_networks=_tiny_networks, num_pixels=P)
+  for var, init in zip(tr.component_vars + tr.encoder.weight_variables,
+                       fresh.component_vars + fresh.encoder.weight_variables):
+    np.testing.assert_array_equal(var.numpy()[1:], init.numpy()[1:])  # components 2, 3 untouched
+    assert np.any(var.numpy()[0] != init.numpy()[0]) or var.shape == (3,)
+  stage1 = [v.numpy().copy() for v in tr.component_vars + tr.encoder.weight_variables]
+  tr = _train(cfg, tmp_path / 'a', stop_after_steps=11).trainer  # into stage 2
+  for var, old in zip(tr.component_vars + tr.encoder.weight_variables, stage1):
+    np.testing.assert_array_equal(var.numpy()[0], old[0])  # frozen
+  assert any(np.any(var.numpy()[1] != old[1]) for var, old in zip(tr.component_vars, stage1))
+
+
+def test_warm_start_copies_the_newest_component(tmp_path):
+  cfg = _cfg()
+  tr = _train(cfg, tmp_path, stop_after_steps=6).trainer
+  tr.activate(2)
+  for var in tr.component_vars:
+    np.testing.assert_array_equal(var.numpy()[1], var.numpy()[0])
+
+
+def test_decoder_moves_by_the_mixture_bound_and_encoders_by_their_objectives(tmp_path):
+  cfg = _cfg(num_components=2, schedule='simultaneous', learning_rate=1e-3)
+  tr = trainer_lib.Trainer(cfg, str(tmp_path), make_networks=_tiny_networks, num_pixels=P)
+  # Plain SGD makes each update exactly -lr * gradient (swapped in before the first trace).
+  tr.optimizer = keras.optimizers.SGD(1e-2)
+  tr.optimizer.build(tr.all_vars)
+  x = tf.constant(np.random.default_rng(2).integers(0, 2, [BATCH, P]), tf.float32)
+  noise = tf.random.stateless_normal([1, BATCH, 2, cfg.latent_dim],
+                                     seed=tf.stack([tf.cast(cfg.seed, tf.int64), tr.step]))
+  with tf.GradientTape(persistent=True) as tape:
+    enc = tr.encoder(x)
+    terms = objective.rme_terms(lambda z: tr.decoder.log_prob(x, z), enc.loc, enc.scale,
+                                enc.eps_logit, noise, tf.constant(2), cfg.kl_weight, cfg.prior_floor)
+    comp = -tf.reduce_mean(tf.reduce_sum(terms.component_objective, -1))
+    mix = -tf.reduce_mean(terms.mixture_elbo)
+  before = _values(tr)
+  tr._compiled_step(x, tf.constant(2), tf.constant(0))
+  lr = 1e-2
+  for var, old, g in zip(tr.all_vars, before, tape.gradient(comp, tr.component_vars) +
+                         tape.gradient(mix, tr.mixture_vars)):
+    np.testing.assert_allclose((old - var.numpy()) / lr, g.numpy(), rtol=2e-3, atol=2e-4)
+  # The check can tell the two losses apart: they pull the decoder differently.
+  dec = tr.decoder.trainable_variables
+  diff = [np.abs(a.numpy() - b.numpy()).max()
+          for a, b in zip(tape.gradient(comp, dec), tape.gradient(mix, dec))]
+  assert max(diff) > 1e-2
+
+
+class _PoisonDecoder(networks.BernoulliDecoder):
+  poison = None  # a tf.Variable set by the test
+
+  def call(self, z):
+    logits = super().call(z)
+    return tf.where(self.poison > 0, tf.fill(tf.shape(logits), np.nan), logits)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  _PoisonDecoder.poison = tf.Variable(0.0, trainable=False)
+
+  def make(num_components, hidden_units, latent_dim, eps_mode, seed, num_pixels):
+    encoder, _ = _tiny_networks(num_components, hidden_units, latent_dim, eps_mode, seed, num_pixels)
+    decoder = _PoisonDecoder((8,), num_pixels, seed=seed, name="poisoned_decoder")
+    decoder.build((None, latent_dim))
+    return encoder, decoder
+
+  cfg = _cfg()
+  trainer_lib.train(cfg, str(tmp_path), load_data=_load_data, make_networks=make,
+                    log=lambda s: None, stop_after_steps=6)
+  _PoisonDecoder.poison.assign(1.0)
+  with pytest.raises(errors.TrainingDiverged, match='non-finite.*ckpt-6'):
+    trainer_lib.train(cfg, str(tmp_path), load_data=_load_data, make_networks=make,
+                      log=lambda s: None)
+  ckpt_dir = str(tmp_path / trainer_lib.CHECKPOINT_DIR)
+  assert tf.train.latest_checkpoint(ckpt_dir).endswith('-6')
+  for name, _ in tf.train.list_variables(ckpt_dir):
+    if 'VARIABLE_VALUE' in name and ('encoder' in name or 'decoder' in name):
+      assert np.all(np.isfinite(tf.train.load_variable(ckpt_dir, name))), name
+
+
+def test_unwritable_workdir_fails_fast(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('x')
+  with pytest.raises(errors.UserError, match='not writable'):
+    _train(_cfg(), blocker / 'run')
