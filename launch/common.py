@@ -80,6 +80,14 @@ def config_from_flags(**overrides) -> config_lib.Config:
   return config_lib.Config(**values).validate()
 
 
+def check_data_dir(data_dir: str) -> None:
+  """Fails with one line (before TensorFlow loads) if the data directory is missing."""
+  if not os.path.isdir(data_dir):
+    raise errors.DataError(
+        f'data directory {data_dir} does not exist; run ./run.sh (it prepares MNIST offline) or '
+        f'python -m launch.prepare_data --data_dir={data_dir}, or put the MNIST IDX .gz files there')
+
+
 def run(main):
   """absl main wrapper: a UserError becomes one line on stderr and exit status 2."""
   def wrapped(argv):

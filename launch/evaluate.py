@@ -16,10 +16,8 @@ from absl import app
 from absl import flags
 
 from launch import common
-from rec_vae_tf import data as data_lib
+from rec_vae_tf import config as config_lib
 from rec_vae_tf import errors
-from rec_vae_tf import likelihood
-from rec_vae_tf import trainer
 
 flags.DEFINE_string('workdir', None, 'Run directory written by launch/train.py.')
 flags.DEFINE_string('checkpoint', 'best', "'best' (validation-selected), 'latest', or a checkpoint path.")
@@ -34,6 +32,10 @@ def main(argv):
   del argv
   if not FLAGS.workdir:
     raise errors.UserError('--workdir is required')
+  config_lib.Config.load(config_lib.config_path(FLAGS.workdir))  # one-line error if not a run
+  from rec_vae_tf import likelihood  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf import trainer  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf import data as data_lib  # pylint: disable=g-import-not-at-top
   cfg, tr, path = trainer.restore_for_evaluation(FLAGS.workdir, which=FLAGS.checkpoint)
   k = FLAGS.num_importance_samples or cfg.num_importance_samples
   if k < 1:

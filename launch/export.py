@@ -12,9 +12,8 @@ from absl import app
 from absl import flags
 
 from launch import common
+from rec_vae_tf import config as config_lib
 from rec_vae_tf import errors
-from rec_vae_tf import export as export_lib
-from rec_vae_tf import trainer
 
 flags.DEFINE_string('workdir', None, 'Run directory written by launch/train.py.')
 flags.DEFINE_string('export_dir', None, 'Export base directory; versions go in <export_dir>/<N>/.')
@@ -27,6 +26,9 @@ def main(argv):
   del argv
   if not FLAGS.workdir or not FLAGS.export_dir:
     raise errors.UserError('--workdir and --export_dir are required')
+  config_lib.Config.load(config_lib.config_path(FLAGS.workdir))  # one-line error if not a run
+  from rec_vae_tf import trainer  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf import export as export_lib  # pylint: disable=g-import-not-at-top
   cfg, tr, path = trainer.restore_for_evaluation(FLAGS.workdir, which=FLAGS.checkpoint)
   module = export_lib.InferenceModule(tr.encoder, tr.decoder, int(tr.num_active.numpy()),
                                       num_pixels=784, seed=FLAGS.export_seed)

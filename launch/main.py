@@ -19,7 +19,6 @@ from absl import app
 from absl import flags
 
 from launch import common
-from rec_vae_tf import experiment
 
 flags.DEFINE_string('workdir', 'runs/default', 'Output directory (resumed if it exists).')
 flags.DEFINE_list('methods', ['rme', 'vae'], 'Methods to compare.')
@@ -44,6 +43,8 @@ def main(argv):
   if FLAGS.test_examples < 0:
     raise common.errors.ConfigError(
         f'invalid flag: test_examples={FLAGS.test_examples}; allowed: an integer >= 0')
+  common.check_data_dir(base.data_dir)
+  from rec_vae_tf import experiment  # pylint: disable=g-import-not-at-top  (TF loads after validation)
   experiment.run_comparison(
       base, FLAGS.workdir, methods=FLAGS.methods,
       num_importance_samples=base.num_importance_samples,

@@ -14,7 +14,6 @@ from absl import app
 from absl import flags
 
 from launch import common
-from rec_vae_tf import trainer
 
 flags.DEFINE_string('workdir', 'runs/train', 'Run directory (created; resumed if it exists).')
 common.define_config_flags()
@@ -24,6 +23,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   cfg = common.config_from_flags()
+  common.check_data_dir(cfg.data_dir)
+  from rec_vae_tf import trainer  # pylint: disable=g-import-not-at-top  (TF loads after validation)
   result = trainer.train(cfg, FLAGS.workdir, log=common.log)
   best = result.trainer.best_validation.numpy()
   common.log(f'done: {result.steps} steps, {result.train_seconds:.0f}s of training, '

@@ -274,6 +274,9 @@ def train(cfg: config_lib.Config, workdir: str, *,
     log(f'resumed from {restored}: step {step}, {int(trainer.num_active.numpy())} active components')
   valid_ds = data_lib.make_eval_dataset(splits.valid, batch_size=cfg.eval_batch_size,
                                         seed=cfg.seed + 1)
+  # One evaluator for the whole run: a new one per epoch would retrace (and
+  # XLA-compile) the validation step every epoch.
+  valid_evaluator = likelihood.Evaluator(trainer.encoder, trainer.decoder, xla=cfg.xla)
   writer = tf.summary.create_file_writer(os.path.join(workdir, SUMMARY_DIR))
   train_seconds = sum(h.get('epoch_seconds', 0.0) for h in history)
   start_epoch = step // spe
@@ -333,7 +336,8 @@ def train(cfg: config_lib.Config, workdir: str, *,
     is_best = False
     if completed and ((epoch + 1) % cfg.validation_every == 0 or epoch + 1 == cfg.epochs):
       val = likelihood.evaluate_elbo(trainer.encoder, trainer.decoder, valid_ds,
-                                     trainer.num_active.read_value(), seed=cfg.seed + 2)
+                                     trainer.num_active.read_value(), seed=cfg.seed + 2,
+                                     evaluator=valid_evaluator)
       entry['valid_mixture_elbo'] = val['mixture_elbo']
       if not math.isfinite(val['mixture_elbo']):
         raise errors.TrainingDiverged(

@@ -1,0 +1,247 @@
+"""Dry runs of every launcher's real main, as `python -m launch.X` subprocesses.
+
+Fixture data is a tiny MNIST-shaped npz of bars (64 train, 20 valid, 20 test
+images), written into a temporary directory; nothing is downloaded. One tiny
+training run is shared by the train, evaluate and export tests.
+"""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from rec_vae_tf import config as config_lib
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Under Bazel the launchers live in the runfiles root, the test's cwd.
+CWD = os.getcwd() if os.path.isfile(os.path.join('launch', 'train.py')) else _ROOT
+TIMEOUT = 180  # seconds per launcher call; a tiny run takes under 10 s
+
+NUM_TRAIN, NUM_HELD_OUT, BATCH = 64, 20, 16
+STEPS_PER_EPOCH = NUM_TRAIN // BATCH  # 4
+TINY = ['--method=rme', '--num_components=2', '--epochs=2', '--epochs_per_component=1',
+        f'--batch_size={BATCH}', '--latent_dim=3', '--num_importance_samples=5', '--xla=false']
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+
+
+def _bars(count, rng):
+  """[count, 784] uint8 images of one horizontal or vertical bar, and labels 0/1."""
+  images = np.zeros([count, 28, 28], np.uint8)
+  labels = rng.integers(0, 2, count)
+  for image, label in zip(images, labels):
+    start, width = rng.integers(2, 23), rng.integers(2, 5)
+    bar = (slice(start, start + width), slice(3, 25))
+    image[bar if label else bar[::-1]] = rng.integers(160, 256)
+  return images.reshape(count, 784), labels.astype(np.int64)
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  """A directory holding mnist.npz in the prepared format (x_valid included)."""
+  path = tmp_path_factory.mktemp('data')
+  rng = np.random.default_rng(0)
+  arrays = {}
+  for split, count in (('train', NUM_TRAIN), ('valid', NUM_HELD_OUT), ('test', NUM_HELD_OUT)):
+    arrays[f'x_{split}'], arrays[f'y_{split}'] = _bars(count, rng)
+  np.savez(path / 'mnist.npz', **arrays)
+  return str(path)
+
+
+@pytest.fixture(scope='module')
+def env(tmp_path_factory):
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
+              MPLCONFIGDIR=str(tmp_path_factory.mktemp('matplotlib')))
+
+
+def _launch(launcher, flags, env):
+  """Runs `python -m launch.<launcher> FLAGS`; returns the CompletedProcess."""
+  return subprocess.run([sys.executable, '-m', f'launch.{launcher}', *flags], cwd=CWD, env=env,
+                        capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def _check_ok(result):
+  assert result.returncode == 0, f'stdout:\n{result.stdout}\nstderr:\n{result.stderr[-4000:]}'
+  return result.stdout
+
+
+def _check_one_line_error(result):
+  """Non-zero exit, no traceback, and the last stderr line is the only `error:` line."""
+  assert result.returncode != 0, result.stdout
+  assert 'Traceback' not in result.stderr, result.stderr[-4000:]
+  lines = [l for l in result.stderr.splitlines() if l.strip()]
+  assert lines and lines[-1].startswith('error: '), result.stderr[-4000:]
+  assert [l for l in lines if l.startswith('error:')] == [lines[-1]], result.stderr[-4000:]
+  return lines[-1]
+
+
+def _read_json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def _latest_step(workdir):
+  path = tf.train.latest_checkpoint(os.path.join(workdir, 'checkpoints'))
+  return None if path is None else int(path.rsplit('-', 1)[1])
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, data_dir, env):
+  """(workdir, train flags, stdout) of one finished tiny RME run."""
+  workdir = str(tmp_path_factory.mktemp('run') / 'rme')
+  flags = [f'--workdir={workdir}', f'--data_dir={data_dir}'] + TINY
+  return workdir, flags, _check_ok(_launch('train', flags, env))
+
+
+def test_train_writes_run_directory(trained):
+  workdir, _, stdout = trained
+  cfg = config_lib.Config.load(os.path.join(workdir, 'config.json'))
+  assert (cfg.method, cfg.num_components, cfg.latent_dim, cfg.xla) == ('rme', 2, 3, False)
+  assert _latest_step(workdir) == 2 * STEPS_PER_EPOCH
+  assert tf.train.latest_checkpoint(os.path.join(workdir, 'best')) is not None
+  history = _read_json(os.path.join(workdir, 'history.json'))
+  assert [h['step'] for h in history] == [4, 8]
+  assert [h['num_active'] for h in history] == [1, 2]
+  assert all(math.isfinite(h['valid_mixture_elbo']) for h in history)
+  progress = [l for l in stdout.splitlines() if l.startswith('epoch ')]
+  assert [l.split()[:4] for l in progress] == [['epoch', '1/2', 'step', '4'],
+                                               ['epoch', '2/2', 'step', '8']], stdout
+  assert all('train ELBO' in l and 'ETA' in l for l in progress), stdout
+
+
+def test_evaluate_writes_importance_sampled_likelihood(trained, env):
+  workdir, _, _ = trained
+  k = 50
+  stdout = _check_ok(_launch('evaluate', [f'--workdir={workdir}', f'--num_importance_samples={k}'],
+                             env))
+  [name] = [n for n in os.listdir(workdir) if n.startswith('eval_') and n.endswith(f'_K{k}.json')]
+  result = _read_json(os.path.join(workdir, name))
+  ll, elbo = result['test_log_likelihood'], result['test_elbo']
+  print(f'test log p(x) (K={k}) {ll:.3f}, test ELBO {elbo:.3f}')
+  assert math.isfinite(ll) and math.isfinite(elbo)
+  assert result['num_importance_samples'] == k
+  assert result['num_examples'] == NUM_HELD_OUT
+  assert ll >= elbo - 0.5
+  assert f'K={k}' in stdout
+
+
+def test_export_writes_versions_that_load(trained, data_dir, env, tmp_path):
+  workdir, _, _ = trained
+  base = str(tmp_path / 'exported')
+  for version in ('1', '2'):
+    stdout = _check_ok(_launch('export', [f'--workdir={workdir}', f'--export_dir={base}'], env))
+    assert os.path.join(base, version) in stdout
+  assert sorted(os.listdir(base)) == ['1', '2']
+  loaded = tf.saved_model.load(os.path.join(base, '2'))
+  images = np.load(os.path.join(data_dir, 'mnist.npz'))['x_test'][:3] / 255.0
+  out = loaded.signatures['encode'](images=tf.constant(images, tf.float32))
+  assert out['log_weights'].shape == (3, 2)
+  assert out['loc'].shape == out['scale'].shape == (3, 2, 3)
+  np.testing.assert_allclose(np.exp(out['log_weights'].numpy()).sum(-1), 1.0, atol=1e-5)
+
+
+def test_train_rerun_resumes_without_more_steps(trained, env):
+  workdir, flags, _ = trained
+  history = _read_json(os.path.join(workdir, 'history.json'))
+  stdout = _check_ok(_launch('train', flags, env))
+  assert 'resumed from' in stdout and 'step 8' in stdout, stdout
+  assert not [l for l in stdout.splitlines() if l.startswith('epoch ')], stdout
+  assert _read_json(os.path.join(workdir, 'history.json')) == history
+  assert _latest_step(workdir) == 8
+
+
+def test_train_refuses_a_different_config(trained, env):
+  workdir, flags, _ = trained
+  before = _read_json(os.path.join(workdir, 'config.json'))
+  message = _check_one_line_error(_launch('train', flags + ['--latent_dim=4'], env))
+  assert 'latent_dim' in message
+  assert _read_json(os.path.join(workdir, 'config.json')) == before
+
+
+@pytest.mark.parametrize('flag, field', [
+    ('--num_components=0', 'num_components'),
+    ('--kl_weight=1.5', 'kl_weight'),
+    ('--data_dir=/does/not/exist', '/does/not/exist'),
+])
+def test_train_bad_input_is_one_line_error(flag, field, data_dir, env, tmp_path):
+  workdir = str(tmp_path / 'run')
+  flags = [f'--workdir={workdir}', f'--data_dir={data_dir}'] + TINY + [flag]
+  message = _check_one_line_error(_launch('train', flags, env))
+  assert field in message
+  if os.path.isdir(workdir):  # nothing was trained or written
+    names = [n for _, _, files in os.walk(workdir) for n in files]
+    assert not [n for n in names if n.startswith('ckpt') or n == 'checkpoint'], names
+    assert _latest_step(workdir) is None
+
+
+def test_main_compares_plots_and_exports(data_dir, env, tmp_path):
+  workdir = str(tmp_path / 'main')
+  flags = [f'--workdir={workdir}', f'--data_dir={data_dir}', '--methods=rme,vae',
+           '--test_examples=8'] + TINY
+  _check_ok(_launch('main', flags, env))
+  rows = _read_json(os.path.join(workdir, 'results.json'))
+  assert [r['method'] for r in rows] == ['rme', 'vae']
+  for row in rows:
+    for key in ('test_log_likelihood', 'num_importance_samples', 'test_elbo', 'num_parameters',
+                'train_seconds'):
+      assert key in row and math.isfinite(row[key]), (key, row)
+    assert row['num_importance_samples'] == 5
+    assert row['num_test_examples'] == 8
+  assert [r['num_components'] for r in rows] == [2, 1]
+  for name in ('samples.png', 'reconstructions.png', 'training_curves.png', 'weights.png'):
+    with open(os.path.join(workdir, name), 'rb') as f:
+      head = f.read(24)
+    assert head[:8] == PNG_MAGIC and head[12:16] == b'IHDR', name
+    width, height = int.from_bytes(head[16:20], 'big'), int.from_bytes(head[20:24], 'big')
+    assert width > 0 and height > 0, name
+  assert os.path.isfile(os.path.join(workdir, 'export', 'rme', '1', 'saved_model.pb'))
+
+
+def test_train_resumes_after_sigkill(data_dir, env, tmp_path):
+  # Epochs after the first take well under 0.1 s; enough remain after the
+  # second for the kill to land mid-run. history.json is written just before
+  # each checkpoint, so the kill usually finds history one epoch ahead of the
+  # latest checkpoint: the resumed run must drop that entry, not repeat it.
+  epochs, components = 24, 3
+  total = epochs * STEPS_PER_EPOCH
+  workdir = str(tmp_path / 'killed')
+  flags = [f'--workdir={workdir}', f'--data_dir={data_dir}', f'--num_components={components}',
+           '--epochs_per_component=2', f'--epochs={epochs}'] + [
+               f for f in TINY if not f.startswith(('--num_components', '--epochs'))]
+  history_path = os.path.join(workdir, 'history.json')
+  with open(tmp_path / 'first.out', 'w') as out:
+    proc = subprocess.Popen([sys.executable, '-m', 'launch.train', *flags], cwd=CWD, env=env,
+                            stdout=out, stderr=subprocess.STDOUT)
+    try:
+      deadline = time.monotonic() + TIMEOUT
+      while True:
+        assert proc.poll() is None, 'train.py ended before it was killed; raise --epochs'
+        assert time.monotonic() < deadline, 'no history.json with 2 epochs in time'
+        try:
+          if len(_read_json(history_path)) >= 2:
+            break
+        except (OSError, ValueError):
+          pass
+        time.sleep(0.02)
+      proc.send_signal(signal.SIGKILL)
+      assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+  killed_at = _latest_step(workdir)
+  print(f'killed with checkpoint at step {killed_at} of {total}')
+  assert killed_at is not None and STEPS_PER_EPOCH <= killed_at < total
+
+  stdout = _check_ok(_launch('train', flags, env))
+  assert f'resumed from {workdir}' in stdout and f'ckpt-{killed_at}: step {killed_at},' in stdout, (
+      stdout)
+  history = _read_json(history_path)
+  assert [h['step'] for h in history] == list(range(STEPS_PER_EPOCH, total + 1, STEPS_PER_EPOCH))
+  assert history[-1]['num_active'] == components
+  assert _latest_step(workdir) == total
