@@ -4,6 +4,7 @@ Flags live here and in the launchers only; they are turned into a frozen,
 validated `rec_vae_tf.config.Config` before any work is done.
 """
 
+import logging
 import os
 import sys
 
@@ -12,6 +13,7 @@ import sys
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
 
 from rec_vae_tf import config as config_lib  # pylint: disable=g-import-not-at-top
 from rec_vae_tf import errors  # pylint: disable=g-import-not-at-top
@@ -91,6 +93,9 @@ def check_data_dir(data_dir: str) -> None:
 def run(main):
   """absl main wrapper: a UserError becomes one line on stderr and exit status 2."""
   def wrapped(argv):
+    # INFO chatter from TF's Python side (checkpoint sharding, SavedModel assets) is noise here.
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger('tensorflow').setLevel(logging.WARNING)
     if len(argv) > 1:
       _fail(f'unexpected positional arguments: {" ".join(argv[1:])} (flags are --name=value)')
     try:

@@ -2,7 +2,7 @@ r"""Evaluates a trained run on the test set: importance-sampled log p(x) and mor
 
   python -m launch.evaluate --workdir=runs/rme --num_importance_samples=5000
 
-Prints and writes <workdir>/eval_<checkpoint>_K<K>.json: test log-likelihood
+Prints and writes <workdir>/eval_<checkpoint>_K<K>_n<images>_s<seed>.json: test log-likelihood
 (importance sampling with the mixture posterior as proposal, K reported), test
 ELBO, per-component ELBO, mixture weights and their entropy, and the encoder's
 milliseconds per batch. Cost with the small network on a 2-core CPU: about
@@ -52,7 +52,7 @@ def main(argv):
                                xla=cfg.xla, log=common.log)
   result['checkpoint'] = path
   result['method'] = cfg.method
-  name = f'eval_{os.path.basename(path)}_K{k}.json'
+  name = f'eval_{os.path.basename(path)}_K{k}_n{len(test)}_s{FLAGS.eval_seed}.json'
   out = os.path.join(FLAGS.workdir, name)
   with open(out + '.tmp', 'w') as f:
     json.dump(result, f, indent=1)

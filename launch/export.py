@@ -31,7 +31,7 @@ def main(argv):
   from rec_vae_tf import export as export_lib  # pylint: disable=g-import-not-at-top
   cfg, tr, path = trainer.restore_for_evaluation(FLAGS.workdir, which=FLAGS.checkpoint)
   module = export_lib.InferenceModule(tr.encoder, tr.decoder, int(tr.num_active.numpy()),
-                                      num_pixels=784, seed=FLAGS.export_seed)
+                                      num_pixels=tr.decoder.num_pixels, seed=FLAGS.export_seed)
   out = export_lib.export_saved_model(module, FLAGS.export_dir)
   common.log(f'exported {path} ({cfg.method}, {int(tr.num_active.numpy())} active components) '
              f'to {out}')

@@ -27,6 +27,8 @@ def main(argv):
   from rec_vae_tf import trainer  # pylint: disable=g-import-not-at-top  (TF loads after validation)
   result = trainer.train(cfg, FLAGS.workdir, log=common.log)
   best = result.trainer.best_validation.numpy()
+  if result.ran_steps == 0:
+    common.log(f'{FLAGS.workdir} is already finished ({result.steps} steps); nothing to do')
   common.log(f'done: {result.steps} steps, {result.train_seconds:.0f}s of training, '
              f'best validation ELBO {best:.3f} (model in {FLAGS.workdir}/best)')
 

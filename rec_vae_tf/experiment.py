@@ -54,9 +54,9 @@ def _evaluate_cached(run_dir, tr, cfg, dataset, num_samples, test_count, eval_se
   cache = os.path.join(run_dir, f'eval_{os.path.basename(path)}_K{num_samples}_n{test_count}_s{eval_seed}.json')
   if os.path.exists(cache):
     with open(cache) as f:
-      log(f'{cfg.method}: reusing {cache}')
+      log(f'reusing {cache}')
       return json.load(f)
-  log(f'{cfg.method}: evaluating {path} on {test_count} test images, K={num_samples}')
+  log(f'evaluating {path} on {test_count} test images, K={num_samples}')
   result = likelihood.evaluate(tr.encoder, tr.decoder, dataset, tr.num_active.numpy(),
                                num_samples=num_samples, chunk=cfg.eval_chunk, seed=eval_seed,
                                xla=cfg.xla, log=log)

@@ -35,6 +35,7 @@ class InferenceModule(tf.Module):
     self._encoder = encoder
     self._decoder = decoder
     self._num_active = tf.constant(int(num_active), tf.int32)
+    self._num_pixels = int(num_pixels)
     self._seed = tf.constant([seed, 0], tf.int32)
     self._tf_vars = [v.value for layer in (encoder, decoder) for v in layer.variables]
     spec = tf.TensorSpec([None, num_pixels], tf.float32, name='images')
@@ -43,7 +44,10 @@ class InferenceModule(tf.Module):
 
   def _check(self, images):
     message = 'images must hold pixel intensities in [0, 1]'
-    return [tf.debugging.assert_greater_equal(images, 0.0, message=message),
+    return [tf.debugging.assert_equal(
+                tf.shape(images)[-1], self._num_pixels,
+                message=f'images must have shape [batch, {self._num_pixels}] (flattened pixels)'),
+            tf.debugging.assert_greater_equal(images, 0.0, message=message),
             tf.debugging.assert_less_equal(images, 1.0, message=message)]
 
   def _posterior(self, images):

@@ -207,6 +207,7 @@ class TrainResult:
   train_seconds: float
   steps: int
   splits: data_lib.Splits
+  ran_steps: int = 0  # optimisation steps taken by this call (0: nothing left to do)
 
 
 def check_workdir(workdir: str) -> None:
@@ -280,6 +281,8 @@ def train(cfg: config_lib.Config, workdir: str, *,
   writer = tf.summary.create_file_writer(os.path.join(workdir, SUMMARY_DIR))
   train_seconds = sum(h.get('epoch_seconds', 0.0) for h in history)
   start_epoch = step // spe
+  first_step = step
+  wall_start = time.perf_counter()
   num_params = networks.count_parameters(trainer.encoder, trainer.decoder)
   if step < total_steps:
     log(f'training {cfg.method} (M={cfg.num_components}, {num_params:,} parameters) for '
@@ -367,7 +370,9 @@ def train(cfg: config_lib.Config, workdir: str, *,
     # which _read_history drops on resume (the other order would lose the entry).
     _write_json_atomic(os.path.join(workdir, HISTORY_FILE), history)
     trainer.manager.save(checkpoint_number=step)
-    remaining = (cfg.epochs - epoch - 1) * (train_seconds / max(len(history), 1))
+    # ETA from wall time per epoch of this call (training, validation and checkpoints).
+    wall_per_epoch = (time.perf_counter() - wall_start) / max((step - first_step) / spe, 1e-9)
+    remaining = (total_steps - step) / spe * wall_per_epoch
     val_text = (f' valid ELBO {entry["valid_mixture_elbo"]:.2f}{" *" if is_best else ""}'
                 if 'valid_mixture_elbo' in entry else '')
     log(f'epoch {epoch + 1}/{cfg.epochs} step {step} active {entry["num_active"]}/'
@@ -379,7 +384,7 @@ def train(cfg: config_lib.Config, workdir: str, *,
     trainer.best_checkpoint.restore(trainer.best_manager.latest_checkpoint).expect_partial()
     trainer.num_active.assign(trainer._best_active)
   return TrainResult(trainer=trainer, history=history, train_seconds=train_seconds,
-                     steps=step, splits=splits)
+                     steps=step, splits=splits, ran_steps=step - first_step)
 
 
 def restore_for_evaluation(workdir: str, *, which: str = 'best',
