@@ -41,11 +41,11 @@ class Config:
   latent_dim: int = 50             # D
   network: str = 'small'
   # RME objective.
-  kl_weight: float = 0.3           # lambda in J_lambda; 0 <= lambda < 1
+  kl_weight: float = 0.1           # lambda in J_lambda; 0 <= lambda < 1 (README: ablation)
   prior_floor: float = 0.05        # delta: KL measured against (1-delta) Q + delta p(z)
   eps_mode: str = 'amortized'
   schedule: str = 'recursive'
-  epochs_per_component: float = 5.0  # recursion budget: epochs before the next component
+  epochs_per_component: float = 3.0  # recursion budget: epochs before the next component
   warm_start: bool = True          # a new component starts as a copy of the newest one
   # Data.
   dataset: str = 'mnist'
