@@ -1,12 +1,28 @@
-r"""Exports a trained run's inference network as a SavedModel.
+r"""Exports a trained run for TF Serving: a versioned SavedModel, warmup and model config.
 
-  python -m launch.export --workdir=runs/default/rme --export_dir=exports/rme
+  python -m launch.export --workdir=runs/default/rme --export_dir=exports
 
-Writes <export_dir>/<next integer version>/ (atomically: built in a temporary
-directory, then renamed) with signatures `serving_default`/`encode` (images
-[B, 784] in [0, 1] -> log_weights [B, M], loc [B, M, D], scale [B, M, D]) and
-`reconstruct` (images -> Bernoulli means). Takes a few seconds.
+Writes <export_dir>/<model_name>/<next integer version>/ (built in a temporary
+`.incomplete-*` directory, verified through the TF1 session loader that TF
+Serving uses, then renamed into place) with the signatures
+
+  serving_default, encode: images [B, 784] float32 in [0, 1]
+      -> log_weights [B, M], loc [B, M, D], scale [B, M, D]
+  log_likelihood: images -> log_likelihood [B] (importance sampling, K fixed
+      here by --num_importance_samples, stateless seed: deterministic)
+  reconstruct: images -> bernoulli_mean [B, 784]
+  decode: latents [B, D] -> bernoulli_mean [B, 784]
+  sample: count (int32 scalar in [1, 10000]) -> bernoulli_mean, latents
+
+plus assets.extra/tf_serving_warmup_requests (one PredictRequest per
+signature) and assets.extra/export_summary.json, and adds the model to
+<export_dir>/models.config for `tensorflow_model_server --model_config_file`.
+Prints the summary. Takes a few seconds with the small network.
 """
+
+import json
+import os
+import re
 
 from absl import app
 from absl import flags
@@ -16,25 +32,90 @@ from rec_vae_tf import config as config_lib
 from rec_vae_tf import errors
 
 flags.DEFINE_string('workdir', None, 'Run directory written by launch/train.py.')
-flags.DEFINE_string('export_dir', None, 'Export base directory; versions go in <export_dir>/<N>/.')
+flags.DEFINE_string('export_dir', None,
+                    'Export base directory (TF Serving model base): versions go in '
+                    '<export_dir>/<model_name>/<N>/, the model config in <export_dir>/models.config.')
+flags.DEFINE_string('model_name', 'rme', 'Model name: the directory under --export_dir and the '
+                    'name clients request.')
 flags.DEFINE_string('checkpoint', 'best', "'best' (validation-selected), 'latest', or a checkpoint path.")
+flags.DEFINE_integer('num_importance_samples', 1000,
+                     'K of the log_likelihood signature, fixed in the graph (cost per request: '
+                     'K decoder passes per image; evaluate.py reports K=5000 numbers).')
+flags.DEFINE_integer('importance_chunk', 100,
+                     'Importance samples drawn at once inside the graph (bounds request memory).')
 flags.DEFINE_integer('export_seed', 0, 'Stateless seed of the sampling signatures.')
 FLAGS = flags.FLAGS
+
+_MAX_K = 1_000_000
+
+
+def _validate() -> None:
+  """One-line errors for bad flags, before TensorFlow loads."""
+  if not FLAGS.workdir or not FLAGS.export_dir:
+    raise errors.UserError('--workdir and --export_dir are required')
+  name = FLAGS.model_name
+  if not re.fullmatch(r'[A-Za-z0-9_.\-]+', name) or name.isdigit() or name.startswith('.'):
+    raise errors.ConfigError(
+        f'invalid flag: model_name={name!r}; allowed: letters, digits, _ . - (not all digits, '
+        'not starting with a dot)')
+  if not 1 <= FLAGS.num_importance_samples <= _MAX_K:
+    raise errors.ConfigError(f'invalid flag: num_importance_samples={FLAGS.num_importance_samples}'
+                             f'; allowed: 1 .. {_MAX_K}')
+  if FLAGS.importance_chunk < 1:
+    raise errors.ConfigError(f'invalid flag: importance_chunk={FLAGS.importance_chunk}; '
+                             'allowed: an integer >= 1')
+  if not 0 <= FLAGS.export_seed < 2**31 - 1:
+    raise errors.ConfigError(f'invalid flag: export_seed={FLAGS.export_seed}; '
+                             'allowed: 0 .. 2^31 - 2')
+  if os.path.exists(FLAGS.export_dir) and not os.path.isdir(FLAGS.export_dir):
+    raise errors.UserError(f'--export_dir={FLAGS.export_dir} exists and is not a directory')
+  config_lib.Config.load(config_lib.config_path(FLAGS.workdir))  # one-line error if not a run
+
+
+def _describe(summary) -> str:
+  """The export summary as a few readable lines."""
+  lines = [f'  source checkpoint {summary["checkpoint"]} ({summary["method"]}, '
+           f'{summary["num_active"]} of {summary["num_components"]} components active, '
+           f'{summary["num_parameters"]:,} parameters)',
+           f'  log_likelihood: K={summary["num_importance_samples"]} importance samples '
+           f'(chunks of {summary["importance_chunk"]}), seed {summary["seed"]}',
+           '  signatures:']
+  def tensors(infos):
+    return ', '.join(f'{k} {v["dtype"]}{v["shape"]}' for k, v in infos.items())
+  for name, sig in summary['signatures'].items():
+    lines.append(f'    {name}: {tensors(sig["inputs"])} -> {tensors(sig["outputs"])}')
+  lines.append(f'  session-loader check: warmup requests of every signature match the eager '
+               f'model (max |diff| {summary["max_abs_deviation_from_eager"]:.2g})')
+  return '\n'.join(lines).replace('None', '?')
 
 
 def main(argv):
   del argv
-  if not FLAGS.workdir or not FLAGS.export_dir:
-    raise errors.UserError('--workdir and --export_dir are required')
-  config_lib.Config.load(config_lib.config_path(FLAGS.workdir))  # one-line error if not a run
+  _validate()
   from rec_vae_tf import trainer  # pylint: disable=g-import-not-at-top
   from rec_vae_tf import export as export_lib  # pylint: disable=g-import-not-at-top
   cfg, tr, path = trainer.restore_for_evaluation(FLAGS.workdir, which=FLAGS.checkpoint)
-  module = export_lib.InferenceModule(tr.encoder, tr.decoder, int(tr.num_active.numpy()),
-                                      num_pixels=tr.decoder.num_pixels, seed=FLAGS.export_seed)
-  out = export_lib.export_saved_model(module, FLAGS.export_dir)
-  common.log(f'exported {path} ({cfg.method}, {int(tr.num_active.numpy())} active components) '
-             f'to {out}')
+  module = export_lib.InferenceModule(
+      tr.encoder, tr.decoder, int(tr.num_active.numpy()), num_pixels=tr.decoder.num_pixels,
+      seed=FLAGS.export_seed, num_importance_samples=FLAGS.num_importance_samples,
+      chunk=FLAGS.importance_chunk)
+  model_dir = os.path.join(os.path.abspath(FLAGS.export_dir), FLAGS.model_name)
+  extra = {'checkpoint': os.path.abspath(path), 'workdir': os.path.abspath(FLAGS.workdir),
+           'method': cfg.method, 'step': int(tr.step.numpy())}
+  try:
+    out = export_lib.export_saved_model(module, model_dir, extra_summary=extra)
+  except export_lib.ExportError as e:
+    raise errors.UserError(f'export failed, nothing was published: {e}') from e
+  except OSError as e:
+    raise errors.UserError(f'cannot write {model_dir}: {e}') from e
+  summary = export_lib.read_summary(out)
+  summary_path = os.path.join(out, 'assets.extra', export_lib.SUMMARY_FILE)
+  common.log(f'exported version {summary["version"]} of model {FLAGS.model_name!r} to {out}')
+  common.log(_describe(summary))
+  common.log(f'  warmup: {os.path.join(out, "assets.extra", export_lib.WARMUP_FILE)}')
+  common.log(f'  summary: {summary_path}')
+  common.log(f'  model config: {os.path.join(os.path.dirname(model_dir), "models.config")}')
+  common.log(json.dumps({k: v for k, v in summary.items() if k != 'signatures'}))
 
 
 if __name__ == '__main__':

@@ -36,7 +36,7 @@ def image_grid(images: np.ndarray, rows: int, side: int = 28) -> np.ndarray:
 def save_images(rows_of_images: Dict[str, np.ndarray], path: str, title: str) -> str:
   """One labelled mosaic row per entry (e.g. data / rme / vae)."""
   fig, axes = plt.subplots(len(rows_of_images), 1,
-                           figsize=(12, 1.3 * len(rows_of_images) * 2 + 0.5), squeeze=False)
+                           figsize=(12, 1.6 * len(rows_of_images) + 0.4), squeeze=False)
   for ax, (label, images) in zip(axes[:, 0], rows_of_images.items()):
     ax.imshow(image_grid(images, rows=2), cmap='gray', vmin=0, vmax=1)
     ax.set_ylabel(label, rotation=0, ha='right', va='center')
