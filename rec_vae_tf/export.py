@@ -135,7 +135,8 @@ class InferenceModule(tf.Module):
 
   # ----- input checks: INVALID_ARGUMENT with what was expected ---------------
 
-  def _checked_matrix(self, x, name: str, width: int, what: str, low=None, high=None):
+  def _checked_matrix(self, x, name: str, width: int, what: str, low=None, high=None,
+                      range_hint: str = ''):
     """x [B, width] after in-graph checks of its shape and values (INVALID_ARGUMENT)."""
     # A C++ session (TF Serving) does not check a feed against the
     # placeholder's [None, None], so the rank is checked too: with the raw
@@ -154,7 +155,7 @@ class InferenceModule(tf.Module):
     if low is not None:
       value_check = tf.debugging.Assert(
           tf.reduce_all((flat >= low) & (flat <= high)),
-          [f'{name} must hold values in [{low:g}, {high:g}]; got min', tf.reduce_min(flat),
+          [f'{name} must hold values in [{low:g}, {high:g}]{range_hint}; got min', tf.reduce_min(flat),
            'max', tf.reduce_max(flat)])
     else:
       value_check = tf.debugging.Assert(
@@ -169,7 +170,7 @@ class InferenceModule(tf.Module):
     return self._checked_matrix(
         images, 'images', self.num_pixels,
         'flattened pixel intensities, float32 in [0, 1]: divide uint8 images by 255',
-        low=0.0, high=1.0)
+        low=0.0, high=1.0, range_hint=' (pixel intensities: divide 0..255 pixels by 255)')
 
   # ----- signatures ----------------------------------------------------------
 
