@@ -119,7 +119,7 @@ def test_evaluate_writes_importance_sampled_likelihood(trained, env):
   k = 50
   stdout = _check_ok(_launch('evaluate', [f'--workdir={workdir}', f'--num_importance_samples={k}'],
                              env))
-  [name] = [n for n in os.listdir(workdir) if n.startswith('eval_') and n.endswith(f'_K{k}.json')]
+  [name] = [n for n in os.listdir(workdir) if n.startswith('eval_') and f'_K{k}_' in n and n.endswith('.json')]
   result = _read_json(os.path.join(workdir, name))
   ll, elbo = result['test_log_likelihood'], result['test_elbo']
   print(f'test log p(x) (K={k}) {ll:.3f}, test ELBO {elbo:.3f}')
@@ -135,9 +135,10 @@ def test_export_writes_versions_that_load(trained, data_dir, env, tmp_path):
   base = str(tmp_path / 'exported')
   for version in ('1', '2'):
     stdout = _check_ok(_launch('export', [f'--workdir={workdir}', f'--export_dir={base}'], env))
-    assert os.path.join(base, version) in stdout
-  assert sorted(os.listdir(base)) == ['1', '2']
-  loaded = tf.saved_model.load(os.path.join(base, '2'))
+    assert os.path.join(base, 'rme', version) in stdout
+  assert sorted(os.listdir(base)) == ['models.config', 'rme']
+  assert sorted(os.listdir(os.path.join(base, 'rme'))) == ['1', '2']
+  loaded = tf.saved_model.load(os.path.join(base, 'rme', '2'))
   images = np.load(os.path.join(data_dir, 'mnist.npz'))['x_test'][:3] / 255.0
   out = loaded.signatures['encode'](images=tf.constant(images, tf.float32))
   assert out['log_weights'].shape == (3, 2)
