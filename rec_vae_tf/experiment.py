@@ -184,6 +184,8 @@ def run_comparison(base: config_lib.Config, workdir: str, *,
     tr = trainers['rme']
     module = export_lib.InferenceModule(tr.encoder, tr.decoder, int(tr.num_active.numpy()),
                                         num_pixels=splits.test.shape[1], seed=eval_seed)
-    path = export_lib.export_saved_model(module, os.path.join(workdir, 'export', 'rme'))
+    path = export_lib.export_saved_model(
+        module, os.path.join(workdir, 'export', 'rme'),
+        extra_summary={'checkpoint': tr.best_manager.latest_checkpoint, 'method': 'rme'})
     log(f'exported the RME inference network to {path}')
   return rows
