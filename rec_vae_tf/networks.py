@@ -105,6 +105,7 @@ class MixtureEncoder(keras.layers.Layer):
     self.trunk = [BatchedDense(num_components, h, activation=activation, seed=int(s) if s is not None else None,
                                name=f'hidden_{i}')
                   for i, (h, s) in enumerate(zip(hidden_units, seeds))]
+    _track_for_checkpoints(self, 'trunk', self.trunk)
     self.loc_head = BatchedDense(num_components, latent_dim, seed=_int(seeds[-3]), name='loc')
     self.scale_head = BatchedDense(num_components, latent_dim, seed=_int(seeds[-2]), name='scale')
     initial_logits = np.array([_logit(1.0 / (m + 1)) if m > 0 else 0.0
@@ -166,6 +167,17 @@ class MixtureEncoder(keras.layers.Layer):
     return []
 
 
+def _track_for_checkpoints(owner, name, layers):
+  """Makes each layer of a list a named dependency of `owner`.
+
+  Keras 3 tracks list attributes for its own `variables`, but
+  `tf.train.Checkpoint` does not see into them: without this, checkpoints
+  silently miss every layer held in a list.
+  """
+  for i, layer in enumerate(layers):
+    setattr(owner, f'{name}_{i}', layer)
+
+
 def _int(seed):
   return int(seed) if seed is not None else None
 
@@ -181,6 +193,7 @@ class BernoulliDecoder(keras.layers.Layer):
                                       kernel_initializer=keras.initializers.GlorotUniform(
                                           seed=None if seed is None else seed + i))
                    for i, h in enumerate(hidden_units)]
+    _track_for_checkpoints(self, 'hidden', self.hidden)
     self.out = keras.layers.Dense(num_pixels, name='logits',
                                   kernel_initializer=keras.initializers.GlorotUniform(
                                       seed=None if seed is None else seed + 100))

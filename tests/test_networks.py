@@ -92,3 +92,18 @@ def test_parameter_count():
   per_encoder = (P * 6 + 6) + 2 * (6 * D + D) + (6 + 1)
   assert networks.count_parameters(encoder) == M * per_encoder
   assert networks.count_parameters(decoder) == (D * 6 + 6) + (6 * P + P)
+
+
+def test_checkpoint_holds_every_variable(tmp_path):
+  """Layers kept in Python lists must still reach tf.train.Checkpoint."""
+  encoder, decoder = networks.build_networks(M, (6, 5), D, 'amortized', seed=0, num_pixels=P)
+  path = tf.train.Checkpoint(encoder=encoder, decoder=decoder).save(str(tmp_path / 'ck'))
+  saved = [n for n, _ in tf.train.list_variables(path) if n.endswith('VARIABLE_VALUE')
+           and not n.startswith('save_counter')]
+  assert len(saved) == len(encoder.variables) + len(decoder.variables)
+  before = [v.numpy().copy() for v in encoder.variables + decoder.variables]
+  for v in encoder.variables + decoder.variables:
+    v.assign(tf.zeros_like(v) + 7.0)
+  tf.train.Checkpoint(encoder=encoder, decoder=decoder).restore(path).assert_consumed()
+  for v, b in zip(encoder.variables + decoder.variables, before):
+    np.testing.assert_array_equal(v.numpy(), b)

@@ -69,13 +69,23 @@ def test_two_stages_then_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
   assert resumed.steps == 18 and int(resumed.trainer.num_active.numpy()) == 3
   assert [h['step'] for h in resumed.history] == [6, 8, 12, 18]
   # Same data order, noise, optimizer state: the same parameters as without interruption.
-  tr_full = trainer_lib.restore_for_evaluation(str(tmp_path / 'full'), which='latest',
-                                               make_networks=_tiny_networks, num_pixels=P)[1]
+  # Compare the uninterrupted run's in-memory state with the resumed run as read back
+  # from its checkpoint by a fresh Trainer: this also proves every variable is saved.
   tr_resumed = trainer_lib.restore_for_evaluation(str(tmp_path / 'part'), which='latest',
                                                   make_networks=_tiny_networks, num_pixels=P)[1]
+  fresh = trainer_lib.Trainer(cfg, str(tmp_path / 'fresh'), make_networks=_tiny_networks,
+                              num_pixels=P)
   assert int(tr_resumed.step.numpy()) == 18
-  for a, b in zip(_values(tr_full), _values(tr_resumed)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  for a, b, init, var in zip(_values(full.trainer), _values(tr_resumed), _values(fresh),
+                             full.trainer.all_vars):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=var.path)
+    if 'eps' not in var.path:  # every trained variable moved away from its initial value
+      assert np.any(a != init), var.path
+  # The selected model (best/, no optimizer in it) reads back complete too.
+  tr_best = trainer_lib.restore_for_evaluation(str(tmp_path / 'full'), which='best',
+                                               make_networks=_tiny_networks, num_pixels=P)[1]
+  for a, b, var in zip(_values(full.trainer), _values(tr_best), full.trainer.all_vars):
+    np.testing.assert_array_equal(a, b, err_msg=var.path)
 
 
 def test_resume_of_a_finished_run_does_nothing_and_other_config_is_refused(tmp_path):
