@@ -34,6 +34,15 @@ class RMETerms(NamedTuple):
   mixture_elbo: tf.Tensor         # [B] stratified ELBO(Q_active; x)
   log_alpha: tf.Tensor            # [B, M] mixture log weights (inactive: very negative)
   log_p_x_given_z: tf.Tensor      # [B, M] E_{q_m} log p(x|z), the reconstruction term
+  iwae: tf.Tensor                 # [B, M] IWAE bound of q_m with its S samples; zero where inactive
+
+
+COMPONENT_OBJECTIVES = ('kl', 'entropy')
+
+
+def boosted_entropy_weights(num_components: int):
+  """lambda'_m = 1 / sqrt(m) (1-based m): the annealed entropy weight of boosted VI's RELBO."""
+  return tf.constant([1.0 / math.sqrt(m + 1) for m in range(num_components)], tf.float32)
 
 
 def rme_terms(
@@ -45,6 +54,8 @@ def rme_terms(
     num_active: tf.Tensor,
     kl_weight: float,
     prior_floor: float,
+    component_objective: str = 'kl',
+    joint: bool = False,
 ) -> RMETerms:
   """Evaluates all RME objectives from one batched decoder pass.
 
@@ -56,6 +67,14 @@ def rme_terms(
     num_active: scalar int, number of active components n (1 <= n <= M).
     kl_weight: lambda in [0, 1).
     prior_floor: delta in [0, 1); 0 gives the raw KL to Q_{m-1}.
+    component_objective: 'kl' (RME's J_m above) or 'entropy', boosted VI's
+      RELBO (Locatello et al. 2018) in place of the KL:
+      E_{q_m}[log p(x, z) - lambda'_m log q_m(z|x) - log Qt_{m-1}(z|x)] with
+      the annealed lambda'_m = 1/sqrt(m) (the same floored Qt_{m-1}).
+    joint: False for RME (the mixture bound sees the components' parameters
+      stopped); True for the non-recursive mixture baseline, whose encoders
+      are trained by the mixture bound itself, so its log Q keeps their
+      gradients.
   Returns:
     RMETerms.
   """
@@ -72,6 +91,7 @@ def rme_terms(
   # log q_i(z_j): predecessors' parameters stopped, the samples live.
   table = posterior.component_log_prob_table(
       z, tf.stop_gradient(loc), tf.stop_gradient(scale))  # [S, B, M_i, M_j]
+  mixture_table = posterior.component_log_prob_table(z, loc, scale) if joint else table
 
   # Component objectives J_m against the stopped predecessor mixture.
   log_w_prev = posterior.predecessor_log_weights(tf.stop_gradient(eps_logit))  # [B, M_i, M_m]
@@ -83,12 +103,18 @@ def rme_terms(
   log_joint = log_p_x_given_z + log_p_z  # [S, B, M]
   elbo_m = log_joint - log_q_own  # [S, B, M]
   first = tf.cast(tf.range(num_components) == 0, loc.dtype)  # [M]
-  j_m = log_joint - (1.0 - kl_weight) * log_q_own - kl_weight * log_q_prev  # [S, B, M]
+  if component_objective == 'kl':
+    j_m = log_joint - (1.0 - kl_weight) * log_q_own - kl_weight * log_q_prev  # [S, B, M]
+  elif component_objective == 'entropy':
+    entropy_weight = tf.cast(boosted_entropy_weights(num_components), loc.dtype)  # [M]
+    j_m = log_joint - entropy_weight * log_q_own - log_q_prev  # [S, B, M]
+  else:
+    raise ValueError(f'unknown component_objective {component_objective!r}')
   j_m = first * elbo_m + (1.0 - first) * j_m
 
   # Stratified mixture bound over the active components.
   log_alpha = posterior.recursive_log_weights(eps_logit, num_active)  # [B, M]
-  log_q_mix = posterior.mixture_log_prob(log_alpha, table)  # [S, B, M]
+  log_q_mix = posterior.mixture_log_prob(log_alpha, mixture_table)  # [S, B, M]
   per_component = tf.reduce_mean(log_joint - log_q_mix, axis=0) * active_f  # [B, M]
   mixture_elbo = tf.reduce_sum(tf.exp(log_alpha) * per_component, axis=-1)  # [B]
 
@@ -97,7 +123,8 @@ def rme_terms(
       component_elbo=tf.reduce_mean(elbo_m, axis=0) * active_f,
       mixture_elbo=mixture_elbo,
       log_alpha=log_alpha,
-      log_p_x_given_z=tf.reduce_mean(log_p_x_given_z, axis=0) * active_f)
+      log_p_x_given_z=tf.reduce_mean(log_p_x_given_z, axis=0) * active_f,
+      iwae=iwae_bound(elbo_m) * active_f)
 
 
 def gaussian_kl_to_standard_normal(loc, scale):

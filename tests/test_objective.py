@@ -163,3 +163,48 @@ def test_eager_and_tf_function_agree():
   compiled = tf.function(lambda *a: _terms(*a, seed=11), jit_compile=True)(*args)
   for a, b in zip(eager, compiled):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-4)
+
+
+def test_boosted_relbo_matches_definition_by_hand():
+  loc, scale, eps_logit, noise = _inputs(12)
+  delta = 0.05
+  relbo = objective.rme_terms(_toy_decoder(12), loc, scale, eps_logit, noise, tf.constant(M),
+                              0.3, delta, component_objective='entropy')
+  rme = _terms(loc, scale, eps_logit, noise, kl_weight=0.3, prior_floor=delta, seed=12)
+  z = loc[None] + scale[None] * noise
+  log_joint = (_toy_decoder(12)(z) + posterior.standard_normal_log_prob(z)).numpy()
+  table = posterior.component_log_prob_table(z, loc, scale).numpy().astype(np.float64)
+  log_q_own = np.stack([table[:, :, m, m] for m in range(M)], -1)
+  for m in range(1, M):
+    log_w = posterior.recursive_log_weights(eps_logit, tf.constant(m)).numpy()[:, :m]
+    prev = np.log(np.exp(log_w[None] + table[:, :, :m, m]).sum(-1))
+    floored = np.log((1 - delta) * np.exp(prev) + delta * np.exp(
+        posterior.standard_normal_log_prob(z).numpy()[..., m]))
+    expected = (log_joint[..., m] - log_q_own[..., m] / math.sqrt(m + 1) - floored).mean(0)
+    np.testing.assert_allclose(relbo.component_objective.numpy()[:, m], expected, rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose(relbo.component_objective.numpy()[:, 0],
+                             rme.component_elbo.numpy()[:, 0], rtol=1e-6)  # q_1: plain ELBO
+
+
+def test_joint_mixture_bound_trains_every_component_and_has_the_same_value():
+  loc, scale, eps_logit, noise = _inputs(13)
+  loc, scale = tf.Variable(loc), tf.Variable(scale)
+  with tf.GradientTape(persistent=True) as tape:
+    joint = objective.rme_terms(_toy_decoder(13), loc, scale, eps_logit, noise, tf.constant(3),
+                                0.0, 0.0, joint=True)
+    stopped = _terms(loc, scale, eps_logit, noise, n=3, kl_weight=0.0, prior_floor=0.0, seed=13)
+    j, s = tf.reduce_sum(joint.mixture_elbo), tf.reduce_sum(stopped.mixture_elbo)
+  np.testing.assert_allclose(joint.mixture_elbo.numpy(), stopped.mixture_elbo.numpy(), rtol=1e-6)
+  g_joint, g_stopped = tape.gradient(j, loc).numpy(), tape.gradient(s, loc).numpy()
+  assert np.all(g_joint[:, 3:] == 0) and np.all(np.any(g_joint[:, :3] != 0, axis=-1))
+  assert not np.allclose(g_joint, g_stopped)  # log Q's own gradient is included
+
+
+def test_iwae_term_with_one_sample_is_the_component_elbo():
+  loc, scale, eps_logit, _ = _inputs(14)
+  one = _random([1, B, M, D], 15)
+  terms = _terms(loc, scale, eps_logit, one, seed=14)
+  np.testing.assert_allclose(terms.iwae.numpy(), terms.component_elbo.numpy(), rtol=1e-6)
+  many = _random([S, B, M, D], 16)
+  terms = _terms(loc, scale, eps_logit, many, seed=14)
+  assert np.all(terms.iwae.numpy() >= terms.component_elbo.numpy() - 1e-4)
