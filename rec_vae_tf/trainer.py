@@ -108,14 +108,33 @@ class Trainer:
   def _log_p_x_given_z_fn(self, x):
     return lambda z: self.decoder.log_prob(x, z)  # [S, B, M]
 
-  def _step(self, x, num_active, trainable_from):
-    """One RME step. x: [B, P]; num_active, trainable_from: int32 scalars."""
+  def _noise(self, x):
+    """Standard normal draws for the step taken at the current `self.step`: [S, B, M, D].
+
+    A pure function of (seed, step), so a resumed run draws the same noise.
+    """
+    cfg = self.cfg
+    seed = tf.stack([tf.cast(cfg.seed, tf.int64), self.step])
+    return tf.random.stateless_normal(
+        [cfg.num_train_samples, tf.shape(x)[0], cfg.num_components, cfg.latent_dim], seed=seed)
+
+  def _step(self, x, num_active, trainable_from, noise=None):
+    """One RME step.
+
+    Args:
+      x: [B, P] binary images.
+      num_active, trainable_from: int32 scalars.
+      noise: [S, B, M, D] standard normal draws, or None to draw them here
+        (`_noise`). The training loop draws them outside this function: XLA's
+        CPU random-number code took a third of the step when compiled into it
+        (README, "Performance").
+    Returns:
+      dict of scalar and [M] metrics.
+    """
     self.trace_count += 1  # Python side effect: runs only while tracing.
     cfg = self.cfg
-    batch = tf.shape(x)[0]
-    seed = tf.stack([tf.cast(cfg.seed, tf.int64), self.step])
-    noise = tf.random.stateless_normal(
-        [cfg.num_train_samples, batch, cfg.num_components, cfg.latent_dim], seed=seed)
+    if noise is None:
+      noise = self._noise(x)
     index = tf.range(cfg.num_components)
     frozen = index < trainable_from  # [M]
     with tf.GradientTape(persistent=True) as tape:
@@ -131,7 +150,10 @@ class Trainer:
     grads = (tape.gradient(component_loss, self.component_vars) +
              tape.gradient(mixture_loss, self.mixture_vars))
     del tape
-    before = [tf.identity(v) for v in self._sliced_vars]
+    # Only freeze_earlier ever freezes a component (trainable_from > 0); other
+    # schedules skip the copy-and-restore, a pass over every encoder weight.
+    freezes = cfg.schedule == 'freeze_earlier'
+    before = [tf.identity(v) for v in self._sliced_vars] if freezes else []
     self.optimizer.apply_gradients(zip(grads, self.all_vars))
     for var, old in zip(self._sliced_vars, before):
       mask = tf.reshape(frozen, [-1] + [1] * (len(var.shape) - 1))
@@ -144,14 +166,15 @@ class Trainer:
         'component_elbo': tf.reduce_mean(terms.component_elbo, 0),  # [M]
         'mixture_weights': tf.reduce_mean(alpha, 0),  # [M]
         'weight_entropy': tf.reduce_mean(posterior.weight_entropy(terms.log_alpha)),
-        'grad_norm': tf.linalg.global_norm(grads),
     }
 
   def _train_steps(self, iterator, num_steps, num_active, trainable_from):
     """Runs num_steps steps; returns metrics averaged over them and a finiteness flag."""
-    totals = self._compiled_step(next(iterator), num_active, trainable_from)
+    x = next(iterator)
+    totals = self._compiled_step(x, num_active, trainable_from, noise=self._noise(x))
     for _ in tf.range(num_steps - 1):
-      metrics = self._compiled_step(next(iterator), num_active, trainable_from)
+      x = next(iterator)
+      metrics = self._compiled_step(x, num_active, trainable_from, noise=self._noise(x))
       totals = {k: totals[k] + metrics[k] for k in totals}
     return {k: v / tf.cast(num_steps, v.dtype) for k, v in totals.items()}
 
@@ -313,8 +336,12 @@ def train(cfg: config_lib.Config, workdir: str, *,
           iterator, tf.constant(n, tf.int32), trainer.num_active.read_value(),
           tf.constant(trainer.trainable_from(), tf.int32))
       metrics = {k: v.numpy() for k, v in metrics.items()}
-      if not all(np.all(np.isfinite(v)) for v in metrics.values()):
-        bad = sorted(k for k, v in metrics.items() if not np.all(np.isfinite(v)))
+      bad = sorted(k for k, v in metrics.items() if not np.all(np.isfinite(v)))
+      # Parameters too (a non-finite gradient under a finite loss): checked here,
+      # once per chunk, rather than by a gradient norm in every compiled step.
+      if not bad and not all(np.all(np.isfinite(v.numpy())) for v in trainer.all_vars):
+        bad = ['parameters']
+      if bad:
         raise errors.TrainingDiverged(
             f'non-finite {", ".join(bad)} between steps {step} and {chunk_end}; stopped without '
             f'saving, last good checkpoint {trainer.manager.latest_checkpoint or "(none)"} kept; '

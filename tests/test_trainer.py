@@ -185,6 +185,40 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
       assert np.all(np.isfinite(tf.train.load_variable(ckpt_dir, name))), name
 
 
+class _NanGradientDecoder(networks.BernoulliDecoder):
+  """Finite outputs, NaN gradients once `poison` > 0: the loss stays finite for a step."""
+  poison = None
+
+  def call(self, z):
+    logits = super().call(z)
+
+    @tf.custom_gradient
+    def nan_gradient(t):
+      return tf.identity(t), lambda g: tf.where(self.poison > 0, g * np.nan, g)
+
+    return nan_gradient(logits)
+
+
+def test_non_finite_parameters_under_a_finite_loss_are_caught_before_saving(tmp_path):
+  _NanGradientDecoder.poison = tf.Variable(0.0, trainable=False)
+
+  def make(num_components, hidden_units, latent_dim, eps_mode, seed, num_pixels):
+    encoder, _ = _tiny_networks(num_components, hidden_units, latent_dim, eps_mode, seed, num_pixels)
+    decoder = _NanGradientDecoder((8,), num_pixels, seed=seed, name='nan_gradient_decoder')
+    decoder.build((None, latent_dim))
+    return encoder, decoder
+
+  cfg = _cfg()
+  trainer_lib.train(cfg, str(tmp_path), load_data=_load_data, make_networks=make,
+                    log=lambda s: None, stop_after_steps=6)
+  _NanGradientDecoder.poison.assign(1.0)
+  # One step: its metrics are computed before the update and stay finite.
+  with pytest.raises(errors.TrainingDiverged, match='non-finite parameters.*ckpt-6'):
+    trainer_lib.train(cfg, str(tmp_path), load_data=_load_data, make_networks=make,
+                      log=lambda s: None, stop_after_steps=7)
+  assert tf.train.latest_checkpoint(str(tmp_path / trainer_lib.CHECKPOINT_DIR)).endswith('-6')
+
+
 def test_unwritable_workdir_fails_fast(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('x')
