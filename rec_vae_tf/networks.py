@@ -46,7 +46,7 @@ class _ComponentGlorot(keras.initializers.Initializer):
 
 
 class BatchedDense(keras.layers.Layer):
-  """M independent dense layers applied in one einsum.
+  """M independent dense layers applied in one matmul (shared input) or einsum.
 
   Input `[B, in]` (the same input for every component) or `[B, M, in]`;
   output `[B, M, out]`.
@@ -70,8 +70,14 @@ class BatchedDense(keras.layers.Layer):
         name='bias', shape=(self.num_components, self.units), initializer=self.bias_initializer)
 
   def call(self, inputs):
+    num_components, in_dim, units = self.kernel.shape
     if len(inputs.shape) == 2:
-      y = tf.einsum('bi,mio->bmo', inputs, self.kernel)  # [B, M, out]
+      # A shared input: one [B, in] @ [in, M * out] matmul. Measured (README,
+      # "Performance") as fast as the einsum 'bi,mio->bmo' with XLA and 20%
+      # faster without; the variable keeps its [M, in, out] checkpoint shape.
+      kernel = tf.reshape(tf.transpose(self.kernel, [1, 0, 2]),
+                          [in_dim, num_components * units])  # [in, M * out]
+      y = tf.reshape(tf.matmul(inputs, kernel), [-1, num_components, units])  # [B, M, out]
     else:
       y = tf.einsum('bmi,mio->bmo', inputs, self.kernel)  # [B, M, out]
     return self.activation(y + self.bias)
@@ -218,8 +224,20 @@ class BernoulliDecoder(keras.layers.Layer):
 
 
 def bernoulli_log_prob(x, logits):
-  """sum_p x log sigmoid(l) + (1 - x) log sigmoid(-l) = sum_p (x l - softplus(l))."""
-  return tf.reduce_sum(x * logits - tf.nn.softplus(logits), axis=-1)
+  """sum_p x log sigmoid(l) + (1 - x) log sigmoid(-l) = sum_p (x l - softplus(l)).
+
+  Written for speed, measured with XLA on CPU (README, "Performance"):
+  softplus(l) = max(l, 0) + log(1 + exp(-|l|)) vectorizes much better than
+  `tf.nn.softplus` (whose log1p is the slow part; log(1 + u) with u <= 1 loses
+  at most 6e-8 absolute per pixel), and the sum over pixels is a matrix-vector
+  product, so the elementwise part is not fused into a slow row reduction.
+  The result is computed in float32 whatever the logits' dtype.
+  """
+  logits = tf.cast(logits, tf.float32)
+  per_pixel = (x * logits - tf.maximum(logits, 0.0)
+               - tf.math.log(1.0 + tf.exp(-tf.abs(logits))))  # [..., P]
+  ones = tf.ones([per_pixel.shape[-1], 1], per_pixel.dtype)
+  return tf.squeeze(tf.linalg.matmul(per_pixel, ones), -1)  # [...]
 
 
 def count_parameters(*layers) -> int:
