@@ -31,6 +31,52 @@ def _encode(encoder, x, num_active):
   return log_alpha, enc.loc, enc.scale
 
 
+def draw_proposal_noise(log_alpha, num_samples, latent_dim, seed):
+  """The random draws behind K samples z_k ~ Q(.|x): components and standard normals.
+
+  Drawn with TensorFlow's own kernels, outside any XLA cluster: XLA's CPU
+  Philox generator, fused into the evaluation, took 78% of its time (README,
+  "Performance"). One normal vector per sample (not one per component).
+
+  Args:
+    log_alpha: [B, M] mixture log weights.
+    num_samples: K (a Python int).
+    latent_dim: D.
+    seed: stateless seed, shape [2].
+  Returns:
+    (component [K, B] int32, drawn from alpha(x); eps [K, B, D] float32).
+  """
+  component_seed = tf.random.experimental.stateless_fold_in(seed, 0)
+  normal_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+  component = tf.random.stateless_categorical(
+      log_alpha, num_samples, seed=component_seed, dtype=tf.int32)  # [B, K]
+  eps = tf.random.stateless_normal(
+      [num_samples, tf.shape(log_alpha)[0], latent_dim], seed=normal_seed)  # [K, B, D]
+  return tf.transpose(component), eps
+
+
+def importance_log_weights_from_noise(decoder, x, log_alpha, loc, scale, component, eps):
+  """log p(x, z_k) - log Q(z_k|x) at z_k = loc[c_k] + scale[c_k] * eps_k: returns [K, B].
+
+  Args:
+    decoder: has log_prob(x [B, P], z [..., B, M, D]) -> [..., B, M].
+    x: [B, P]; log_alpha: [B, M]; loc, scale: [B, M, D].
+    component: [K, B] int32 component of each sample; eps: [K, B, D]
+      (from `draw_proposal_noise`).
+  """
+  index = tf.transpose(component)  # [B, K]
+  loc_k = tf.transpose(tf.gather(loc, index, batch_dims=1), [1, 0, 2])  # [K, B, D]
+  scale_k = tf.transpose(tf.gather(scale, index, batch_dims=1), [1, 0, 2])  # [K, B, D]
+  z = loc_k + scale_k * eps  # [K, B, D]
+  log_q_components = posterior.diag_normal_log_prob(
+      z[:, :, None, :], loc[None], scale[None])  # [K, B, M]
+  log_q = tf.reduce_logsumexp(log_alpha[None] + log_q_components, axis=-1)  # [K, B]
+  log_p_z = posterior.standard_normal_log_prob(z)  # [K, B]
+  # decoder.log_prob wants a component axis: treat the K samples as [K, B, 1, D].
+  log_p_x_given_z = decoder.log_prob(x, z[:, :, None, :])[..., 0]  # [K, B]
+  return log_p_x_given_z + log_p_z - log_q
+
+
 def importance_log_weights(decoder, x, log_alpha, loc, scale, num_samples, seed):
   """log p(x, z_k) - log Q(z_k|x) for z_k ~ Q: returns [K, B].
 
@@ -40,13 +86,8 @@ def importance_log_weights(decoder, x, log_alpha, loc, scale, num_samples, seed)
     num_samples: K (a Python int).
     seed: stateless seed, shape [2].
   """
-  q = posterior.q_z_given_x(log_alpha, loc, scale)  # batch [B], event [D]
-  z = q.sample(num_samples, seed=seed)  # [K, B, D]
-  log_q = q.log_prob(z)  # [K, B]
-  log_p_z = posterior.standard_normal_log_prob(z)  # [K, B]
-  # decoder.log_prob wants a component axis: treat the K samples as [K, B, 1, D].
-  log_p_x_given_z = decoder.log_prob(x, z[:, :, None, :])[..., 0]  # [K, B]
-  return log_p_x_given_z + log_p_z - log_q
+  component, eps = draw_proposal_noise(log_alpha, num_samples, loc.shape[-1], seed)
+  return importance_log_weights_from_noise(decoder, x, log_alpha, loc, scale, component, eps)
 
 
 class Evaluator:
@@ -56,16 +97,17 @@ class Evaluator:
     self.encoder = encoder
     self.decoder = decoder
     self._encode = tf.function(lambda x, n: _encode(encoder, x, n), jit_compile=xla)
+    self._draw = tf.function(draw_proposal_noise)
     self._chunk = tf.function(self._chunk_logsumexp, jit_compile=xla)
     self._elbo = tf.function(self._elbo_terms, jit_compile=xla)
 
-  def _chunk_logsumexp(self, x, log_alpha, loc, scale, seed, num_samples):
-    log_w = importance_log_weights(self.decoder, x, log_alpha, loc, scale, num_samples, seed)
+  def _chunk_logsumexp(self, x, log_alpha, loc, scale, component, eps):
+    log_w = importance_log_weights_from_noise(
+        self.decoder, x, log_alpha, loc, scale, component, eps)  # [K, B]
     return tf.reduce_logsumexp(log_w, axis=0)  # [B]
 
-  def _elbo_terms(self, x, num_active, seed):
+  def _elbo_terms(self, x, num_active, noise):
     enc = self.encoder(x)
-    noise = tf.random.stateless_normal(tf.concat([[1], tf.shape(enc.loc)], 0), seed=seed)  # [1, B, M, D]
     return objective.rme_terms(
         lambda z: self.decoder.log_prob(x, z), enc.loc, enc.scale, enc.eps_logit, noise,
         num_active, kl_weight=0.0, prior_floor=0.0)
@@ -79,7 +121,8 @@ class Evaluator:
     while done < num_samples:
       k = min(chunk, num_samples - done)
       chunk_seed = tf.constant([seed % 2**31, index], tf.int32)
-      parts.append(self._chunk(x, log_alpha, loc, scale, chunk_seed, k).numpy().astype(np.float64))
+      component, eps = self._draw(log_alpha, k, loc.shape[-1], chunk_seed)  # not XLA-compiled
+      parts.append(self._chunk(x, log_alpha, loc, scale, component, eps).numpy().astype(np.float64))
       done += k
       index += 1
     stacked = np.stack(parts, 0)  # [chunks, B]
@@ -96,7 +139,11 @@ def evaluate_elbo(encoder, decoder, dataset, num_active, *, seed: int, xla: bool
   weights = None
   entropy = 0.0
   for i, x in enumerate(dataset):
-    terms = ev._elbo(x, num_active, tf.constant([seed, i], tf.int64))
+    # Noise drawn outside the (XLA) ELBO function, as for the importance samples.
+    noise = tf.random.stateless_normal(
+        [1, x.shape[0], ev.encoder.num_components, ev.encoder.latent_dim],
+        seed=tf.constant([seed, i], tf.int64))  # [1, B, M, D]
+    terms = ev._elbo(x, num_active, noise)
     total += float(np.sum(terms.mixture_elbo.numpy().astype(np.float64)))
     c = terms.component_elbo.numpy().astype(np.float64).sum(0)
     a = np.exp(terms.log_alpha.numpy().astype(np.float64))
