@@ -59,6 +59,7 @@ class Config:
   num_train_samples: int = 1       # S, reparameterized samples per component per step
   seed: int = 0
   xla: bool = True
+  mixed_precision: bool = False    # bfloat16 matmuls, float32 variables and density math (GPU-oriented)
   # Evaluation.
   num_importance_samples: int = 5000  # K for the test log-likelihood
   eval_batch_size: int = 100
@@ -124,7 +125,7 @@ class Config:
     integer('validation_every', 1)
     if not isinstance(self.data_dir, str) or not self.data_dir:
       fail('data_dir', 'a non-empty path')
-    for field in ('xla', 'warm_start'):
+    for field in ('xla', 'warm_start', 'mixed_precision'):
       if not isinstance(getattr(self, field), bool):
         fail(field, 'true or false')
     return self

@@ -108,18 +108,21 @@ class MixtureEncoder(keras.layers.Layer):
     self.latent_dim = latent_dim
     self.eps_mode = eps_mode
     seeds = np.random.SeedSequence(seed).generate_state(len(hidden_units) + 3) if seed is not None else [None] * (len(hidden_units) + 3)
+    dtype = kwargs.get('dtype')  # sublayers share the encoder's (mixed) precision policy
     self.trunk = [BatchedDense(num_components, h, activation=activation, seed=int(s) if s is not None else None,
-                               name=f'hidden_{i}')
+                               name=f'hidden_{i}', dtype=dtype)
                   for i, (h, s) in enumerate(zip(hidden_units, seeds))]
     _track_for_checkpoints(self, 'trunk', self.trunk)
-    self.loc_head = BatchedDense(num_components, latent_dim, seed=_int(seeds[-3]), name='loc')
-    self.scale_head = BatchedDense(num_components, latent_dim, seed=_int(seeds[-2]), name='scale')
+    self.loc_head = BatchedDense(num_components, latent_dim, seed=_int(seeds[-3]), name='loc', dtype=dtype)
+    self.scale_head = BatchedDense(num_components, latent_dim, seed=_int(seeds[-2]), name='scale',
+                                   dtype=dtype)
     initial_logits = np.array([_logit(1.0 / (m + 1)) if m > 0 else 0.0
                                for m in range(num_components)], np.float32)
     if eps_mode == 'amortized':
       self.eps_head = BatchedDense(
           num_components, 1, kernel_initializer='zeros',
-          bias_initializer=keras.initializers.Constant(initial_logits[:, None]), name='eps')
+          bias_initializer=keras.initializers.Constant(initial_logits[:, None]), name='eps',
+          dtype=dtype)
     elif eps_mode == 'global':
       self.eps_logits = self.add_weight(
           name='eps_logits', shape=(num_components,),
@@ -144,11 +147,12 @@ class MixtureEncoder(keras.layers.Layer):
     h = x  # [B, P]
     for layer in self.trunk:
       h = layer(h)  # [B, M, H]
-    loc = self.loc_head(h)  # [B, M, D]
-    scale = tf.nn.softplus(self.scale_head(h)) + MIN_SCALE  # [B, M, D]
+    # Outputs in float32 whatever the compute dtype: the density math stays float32.
+    loc = tf.cast(self.loc_head(h), tf.float32)  # [B, M, D]
+    scale = tf.nn.softplus(tf.cast(self.scale_head(h), tf.float32)) + MIN_SCALE  # [B, M, D]
     batch = tf.shape(x)[0]
     if self.eps_mode == 'amortized':
-      eps_logit = self.eps_head(tf.stop_gradient(h))[..., 0]  # [B, M]
+      eps_logit = tf.cast(self.eps_head(tf.stop_gradient(h))[..., 0], tf.float32)  # [B, M]
     elif self.eps_mode == 'global':
       eps_logit = tf.broadcast_to(self.eps_logits[None, :], [batch, self.num_components])
     else:
@@ -195,12 +199,13 @@ class BernoulliDecoder(keras.layers.Layer):
                activation: str = 'relu', seed=None, **kwargs):
     super().__init__(**kwargs)
     self.num_pixels = num_pixels
-    self.hidden = [keras.layers.Dense(h, activation=activation, name=f'hidden_{i}',
+    dtype = kwargs.get('dtype')
+    self.hidden = [keras.layers.Dense(h, activation=activation, name=f'hidden_{i}', dtype=dtype,
                                       kernel_initializer=keras.initializers.GlorotUniform(
                                           seed=None if seed is None else seed + i))
                    for i, h in enumerate(hidden_units)]
     _track_for_checkpoints(self, 'hidden', self.hidden)
-    self.out = keras.layers.Dense(num_pixels, name='logits',
+    self.out = keras.layers.Dense(num_pixels, name='logits', dtype=dtype,
                                   kernel_initializer=keras.initializers.GlorotUniform(
                                       seed=None if seed is None else seed + 100))
 
@@ -215,7 +220,7 @@ class BernoulliDecoder(keras.layers.Layer):
     h = z
     for layer in self.hidden:
       h = layer(h)
-    return self.out(h)  # [..., P]
+    return tf.cast(self.out(h), tf.float32)  # [..., P] float32 logits whatever the compute dtype
 
   def log_prob(self, x, z):
     """log p(x|z) summed over pixels. x: [B, P]; z: [..., B, M, D] -> [..., B, M]."""
@@ -244,13 +249,29 @@ def count_parameters(*layers) -> int:
   return int(sum(np.prod(v.shape) for layer in layers for v in layer.trainable_variables))
 
 
+MIXED_PRECISION_POLICY = 'mixed_bfloat16'
+
+
 def build_networks(num_components: int, hidden_units: Sequence[int], latent_dim: int,
-                   eps_mode: str, seed: int, num_pixels: int = 784):
-  """Builds (encoder, decoder) with all variables created."""
+                   eps_mode: str, seed: int, num_pixels: int = 784,
+                   mixed_precision: bool = False):
+  """Builds (encoder, decoder) with all variables created.
+
+  Args:
+    num_components, hidden_units, latent_dim, eps_mode, seed, num_pixels: as
+      `MixtureEncoder` and `BernoulliDecoder`.
+    mixed_precision: compute the layers in bfloat16 (Keras policy
+      'mixed_bfloat16'); variables stay float32 (same checkpoints) and both
+      networks still return float32, so every log density is float32. Meant
+      for GPUs; bfloat16 needs no loss scaling.
+  Returns:
+    (encoder, decoder).
+  """
+  dtype = keras.DTypePolicy(MIXED_PRECISION_POLICY) if mixed_precision else None
   encoder = MixtureEncoder(num_components, hidden_units, latent_dim, eps_mode, seed=seed,
-                           name='encoder')
+                           name='encoder', dtype=dtype)
   decoder = BernoulliDecoder(tuple(reversed(hidden_units)), num_pixels, seed=seed + 1000,
-                             name='decoder')
+                             name='decoder', dtype=dtype)
   encoder.build((None, num_pixels))
   decoder.build((None, latent_dim))
   return encoder, decoder

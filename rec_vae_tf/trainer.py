@@ -68,9 +68,10 @@ class Trainer:
                num_pixels: int = 784):
     self.cfg = cfg
     self.workdir = workdir
+    # mixed_precision is passed only when on, so factories without it keep working.
     self.encoder, self.decoder = make_networks(
         cfg.num_components, cfg.hidden_units, cfg.latent_dim, cfg.eps_mode, cfg.seed,
-        num_pixels=num_pixels)
+        num_pixels=num_pixels, **({'mixed_precision': True} if cfg.mixed_precision else {}))
     self.component_vars = self.encoder.component_variables
     self.mixture_vars = self.decoder.trainable_variables + self.encoder.weight_variables
     self.all_vars = self.component_vars + self.mixture_vars

@@ -25,12 +25,19 @@ def test_default_is_valid_and_round_trips(tmp_path):
     ('epochs_per_component', 0.0, 'epochs_per_component'),
     ('learning_rate', float('nan'), 'learning_rate'),
     ('xla', 'yes', 'true or false'),
+    ('mixed_precision', 1, 'mixed_precision=1; allowed: true or false'),
 ])
 def test_invalid_fields_are_named_with_what_is_allowed(field, value, needle):
   with pytest.raises(errors.ConfigError) as e:
     config_lib.Config(**{field: value}).validate()
   message = str(e.value)
   assert needle in message and '\n' not in message
+
+
+def test_a_config_written_before_mixed_precision_existed_loads_with_it_off(tmp_path):
+  values = config_lib.Config().to_dict()
+  del values['mixed_precision']
+  assert config_lib.Config.from_dict(values).validate().mixed_precision is False
 
 
 def test_vae_has_one_component():

@@ -107,3 +107,26 @@ def test_checkpoint_holds_every_variable(tmp_path):
   tf.train.Checkpoint(encoder=encoder, decoder=decoder).restore(path).assert_consumed()
   for v, b in zip(encoder.variables + decoder.variables, before):
     np.testing.assert_array_equal(v.numpy(), b)
+
+
+def test_mixed_precision_computes_in_bfloat16_with_float32_variables_and_outputs():
+  x = _x()
+  full = networks.build_networks(M, (6,), D, 'amortized', seed=0, num_pixels=P)
+  mixed = networks.build_networks(M, (6,), D, 'amortized', seed=0, num_pixels=P,
+                                  mixed_precision=True)
+  for a, b in zip(full, mixed):
+    assert [(v.path, v.shape, v.dtype) for v in a.variables] == [
+        (v.path, v.shape, v.dtype) for v in b.variables]  # same checkpoints
+    for va, vb in zip(a.variables, b.variables):
+      np.testing.assert_array_equal(va.numpy(), vb.numpy())
+  assert mixed[0].trunk[0].compute_dtype == 'bfloat16'
+  assert mixed[1].out.compute_dtype == 'bfloat16'
+  out_full, out_mixed = full[0](x), mixed[0](x)
+  for name in ('loc', 'scale', 'eps_logit'):
+    value = getattr(out_mixed, name)
+    assert value.dtype == tf.float32
+    np.testing.assert_allclose(value.numpy(), getattr(out_full, name).numpy(), rtol=0.05, atol=0.05)
+  z = tf.random.stateless_normal([2, B, M, D], seed=[1, 2])
+  log_p = mixed[1].log_prob(x, z)
+  assert log_p.dtype == tf.float32
+  np.testing.assert_allclose(log_p.numpy(), full[1].log_prob(x, z).numpy(), rtol=0.02)

@@ -219,6 +219,23 @@ def test_non_finite_parameters_under_a_finite_loss_are_caught_before_saving(tmp_
   assert tf.train.latest_checkpoint(str(tmp_path / trainer_lib.CHECKPOINT_DIR)).endswith('-6')
 
 
+def test_mixed_precision_trains_and_checkpoints_float32_variables(tmp_path):
+  def make(num_components, hidden_units, latent_dim, eps_mode, seed, num_pixels,
+           mixed_precision=False):
+    del hidden_units
+    return networks.build_networks(num_components, (8,), latent_dim, eps_mode, seed, num_pixels,
+                                   mixed_precision=mixed_precision)
+
+  result = trainer_lib.train(_cfg(epochs=1, mixed_precision=True), str(tmp_path),
+                             load_data=_load_data, make_networks=make, log=lambda s: None)
+  assert result.trainer.encoder.trunk[0].compute_dtype == 'bfloat16'
+  assert np.isfinite(result.history[-1]['train_mixture_elbo'])
+  ckpt_dir = str(tmp_path / trainer_lib.CHECKPOINT_DIR)
+  dtypes = {tf.train.load_variable(ckpt_dir, name).dtype for name, _ in tf.train.list_variables(ckpt_dir)
+            if 'VARIABLE_VALUE' in name and 'encoder' in name}
+  assert dtypes == {np.dtype('float32')}
+
+
 def test_unwritable_workdir_fails_fast(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('x')
