@@ -27,7 +27,7 @@ def define_config_flags() -> None:
   d = _DEFAULT
   flags.DEFINE_string('method', d.method, f'Method to train: {", ".join(config_lib.METHODS)}.')
   flags.DEFINE_integer('num_components', None,
-                       'M, mixture components (encoders). Default: 4 for rme, 1 for vae.')
+                       'M, mixture components (encoders). Default: 4, or 1 for vae and iwae.')
   flags.DEFINE_integer('latent_dim', d.latent_dim, 'D, latent dimensions.')
   flags.DEFINE_string('network', d.network,
                       'Dense network size: small (2x200 hidden) or large (2x500 hidden).')
@@ -81,8 +81,12 @@ def config_from_flags(**overrides) -> config_lib.Config:
     if field in FLAGS:
       values[field] = FLAGS[field].value
   values.update(overrides)
+  method = values.get('method')
   if values.get('num_components') is None:
-    values['num_components'] = 1 if values.get('method') == 'vae' else _DEFAULT.num_components
+    values['num_components'] = (1 if method in config_lib.SINGLE_ENCODER_METHODS
+                                else _DEFAULT.num_components)
+  if method == 'mixture' and not FLAGS['schedule'].present and 'schedule' not in overrides:
+    values['schedule'] = 'simultaneous'
   return config_lib.Config(**values).validate()
 
 

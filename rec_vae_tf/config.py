@@ -6,9 +6,15 @@ and evaluation. Launchers build it from absl flags, call `validate()` before
 any work, and write it as JSON into the run directory; library code takes it
 as an explicit argument and never reads flags.
 
-Methods:
-  rme  recursive mixture estimation with M = num_components encoders.
-  vae  the Kingma & Welling VAE: M = 1, trained by the same trainer.
+Methods (all through the same trainer, data, decoder and evaluation):
+  rme      recursive mixture estimation with M = num_components encoders.
+  vae      the Kingma & Welling VAE: M = 1.
+  boosted  RME's recursion with boosted VI's entropy-regularised component
+           objective (RELBO) in place of the KL.
+  mixture  the same mixture family, all components, weights and decoder
+           trained jointly on the mixture ELBO (schedule simultaneous).
+  iwae     one encoder trained with the importance-weighted bound over
+           num_train_samples samples.
 """
 
 import dataclasses
@@ -19,7 +25,8 @@ from typing import Any, Dict, Optional, Tuple
 
 from rec_vae_tf import errors
 
-METHODS = ('rme', 'vae')
+METHODS = ('rme', 'vae', 'boosted', 'mixture', 'iwae')
+SINGLE_ENCODER_METHODS = ('vae', 'iwae')
 DATASETS = ('mnist',)
 BINARIZATIONS = ('dynamic', 'static')
 NETWORKS = ('small', 'large')
@@ -103,8 +110,10 @@ class Config:
     choice('eps_mode', EPS_MODES)
     choice('schedule', SCHEDULES)
     integer('num_components', 1, 64)
-    if self.method == 'vae' and self.num_components != 1:
-      fail('num_components', '1 for method=vae (a VAE has one encoder)')
+    if self.method in SINGLE_ENCODER_METHODS and self.num_components != 1:
+      fail('num_components', f'1 for method={self.method} (it has one encoder)')
+    if self.method == 'mixture' and self.schedule != 'simultaneous':
+      fail('schedule', 'simultaneous for method=mixture (it trains all components jointly)')
     integer('latent_dim', 1)
     real('kl_weight', 0.0, 1.0, high_open=True)
     real('prior_floor', 0.0, 1.0, high_open=True)
@@ -175,8 +184,10 @@ class Config:
 def default_config(method: str = 'rme', **overrides) -> Config:
   """The default configuration for a method, with overrides applied (not yet validated)."""
   base = Config(method=method)
-  if method == 'vae':
+  if method in SINGLE_ENCODER_METHODS:
     base = base.replace(num_components=1)
+  if method == 'mixture':
+    base = base.replace(schedule='simultaneous')
   return base.replace(**overrides)
 
 

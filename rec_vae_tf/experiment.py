@@ -35,9 +35,19 @@ RESULTS_FILE = 'results.json'
 
 
 def method_config(base: config_lib.Config, method: str) -> config_lib.Config:
-  """The base config for `method` (the VAE has one component, all else equal)."""
+  """The base config for `method`, all else equal.
+
+  vae and iwae have one encoder; iwae gets the sample budget of the mixture
+  methods (num_components samples per step, one decoder pass each); mixture
+  trains all components at once.
+  """
   if method == 'vae':
     return base.replace(method='vae', num_components=1).validate()
+  if method == 'iwae':
+    return base.replace(method='iwae', num_components=1,
+                        num_train_samples=base.num_components * base.num_train_samples).validate()
+  if method == 'mixture':
+    return base.replace(method='mixture', schedule='simultaneous').validate()
   return base.replace(method=method).validate()
 
 

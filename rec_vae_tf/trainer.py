@@ -120,7 +120,7 @@ class Trainer:
         [cfg.num_train_samples, tf.shape(x)[0], cfg.num_components, cfg.latent_dim], seed=seed)
 
   def _step(self, x, num_active, trainable_from, noise=None):
-    """One RME step.
+    """One training step of cfg.method (rme, vae, boosted, mixture or iwae).
 
     Args:
       x: [B, P] binary images.
@@ -144,13 +144,23 @@ class Trainer:
       eps_logit = tf.where(frozen, tf.stop_gradient(enc.eps_logit), enc.eps_logit)
       terms = objective.rme_terms(
           self._log_p_x_given_z_fn(x), enc.loc, enc.scale, eps_logit, noise,
-          num_active, cfg.kl_weight, cfg.prior_floor)
+          num_active, cfg.kl_weight, cfg.prior_floor,
+          component_objective='entropy' if cfg.method == 'boosted' else 'kl',
+          joint=cfg.method == 'mixture')
       trained = tf.cast(tf.logical_not(frozen), x.dtype)  # [M]
       component_loss = -tf.reduce_mean(tf.reduce_sum(terms.component_objective * trained, -1))
       mixture_loss = -tf.reduce_mean(terms.mixture_elbo)
+      if cfg.method == 'mixture':
+        # Non-recursive baseline: encoders, weights and decoder all on the mixture bound.
+        component_loss = mixture_loss
+      elif cfg.method == 'iwae':
+        # One encoder; encoder and decoder both on the k-sample IWAE bound.
+        component_loss = mixture_loss = -tf.reduce_mean(terms.iwae[:, 0])
     grads = (tape.gradient(component_loss, self.component_vars) +
              tape.gradient(mixture_loss, self.mixture_vars))
     del tape
+    # A loss that does not reach a variable (iwae's eps head: one encoder, eps_1 = 1).
+    grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, self.all_vars)]
     # Only freeze_earlier ever freezes a component (trainable_from > 0); other
     # schedules skip the copy-and-restore, a pass over every encoder weight.
     freezes = cfg.schedule == 'freeze_earlier'

@@ -21,7 +21,7 @@ def test_default_is_valid_and_round_trips(tmp_path):
     ('schedule', 'greedy', 'recursive, freeze_earlier, simultaneous'),
     ('epochs', 0, 'epochs=0'),
     ('batch_size', 2.5, 'batch_size'),
-    ('method', 'flow', 'rme, vae'),
+    ('method', 'flow', 'rme, vae, boosted, mixture, iwae'),
     ('epochs_per_component', 0.0, 'epochs_per_component'),
     ('learning_rate', float('nan'), 'learning_rate'),
     ('xla', 'yes', 'true or false'),
@@ -57,3 +57,12 @@ def test_activation_schedule():
   cfg = config_lib.Config(num_components=4, epochs_per_component=2.5)
   assert cfg.last_activation_epoch() == 7.5
   assert cfg.replace(schedule='simultaneous').last_activation_epoch() == 0.0
+
+
+def test_method_constraints():
+  assert config_lib.default_config('iwae').validate().num_components == 1
+  assert config_lib.default_config('mixture').validate().schedule == 'simultaneous'
+  with pytest.raises(errors.ConfigError, match='schedule.*simultaneous'):
+    config_lib.Config(method='mixture').validate()
+  with pytest.raises(errors.ConfigError, match='method=iwae'):
+    config_lib.Config(method='iwae', num_components=2).validate()

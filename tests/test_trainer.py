@@ -126,32 +126,45 @@ def test_warm_start_copies_the_newest_component(tmp_path):
     np.testing.assert_array_equal(var.numpy()[1], var.numpy()[0])
 
 
-def test_decoder_moves_by_the_mixture_bound_and_encoders_by_their_objectives(tmp_path):
-  cfg = _cfg(num_components=2, schedule='simultaneous', learning_rate=1e-3)
+@pytest.mark.parametrize('method', ['rme', 'boosted', 'mixture', 'iwae'])
+def test_each_loss_moves_exactly_its_own_variables(method, tmp_path):
+  """rme/boosted: encoders by their component objectives, decoder and weights by the
+  mixture bound; mixture: everything by the mixture bound; iwae: everything by IWAE."""
+  m = 1 if method == 'iwae' else 2
+  s = 3 if method == 'iwae' else 1
+  cfg = _cfg(method=method, num_components=m, schedule='simultaneous', num_train_samples=s)
   tr = trainer_lib.Trainer(cfg, str(tmp_path), make_networks=_tiny_networks, num_pixels=P)
   # Plain SGD makes each update exactly -lr * gradient (swapped in before the first trace).
-  tr.optimizer = keras.optimizers.SGD(1e-2)
+  lr = 1e-2
+  tr.optimizer = keras.optimizers.SGD(lr)
   tr.optimizer.build(tr.all_vars)
   x = tf.constant(np.random.default_rng(2).integers(0, 2, [BATCH, P]), tf.float32)
-  noise = tf.random.stateless_normal([1, BATCH, 2, cfg.latent_dim],
-                                     seed=tf.stack([tf.cast(cfg.seed, tf.int64), tr.step]))
+  noise = tr._noise(x)
   with tf.GradientTape(persistent=True) as tape:
     enc = tr.encoder(x)
-    terms = objective.rme_terms(lambda z: tr.decoder.log_prob(x, z), enc.loc, enc.scale,
-                                enc.eps_logit, noise, tf.constant(2), cfg.kl_weight, cfg.prior_floor)
+    terms = objective.rme_terms(
+        lambda z: tr.decoder.log_prob(x, z), enc.loc, enc.scale, enc.eps_logit, noise,
+        tf.constant(m), cfg.kl_weight, cfg.prior_floor,
+        component_objective='entropy' if method == 'boosted' else 'kl',
+        joint=method == 'mixture')
     comp = -tf.reduce_mean(tf.reduce_sum(terms.component_objective, -1))
     mix = -tf.reduce_mean(terms.mixture_elbo)
+    iwae = -tf.reduce_mean(terms.iwae[:, 0])
+  encoder_loss, decoder_loss = {'rme': (comp, mix), 'boosted': (comp, mix),
+                                'mixture': (mix, mix), 'iwae': (iwae, iwae)}[method]
   before = _values(tr)
-  tr._compiled_step(x, tf.constant(2), tf.constant(0))
-  lr = 1e-2
-  for var, old, g in zip(tr.all_vars, before, tape.gradient(comp, tr.component_vars) +
-                         tape.gradient(mix, tr.mixture_vars)):
-    np.testing.assert_allclose((old - var.numpy()) / lr, g.numpy(), rtol=2e-3, atol=2e-4)
-  # The check can tell the two losses apart: they pull the decoder differently.
-  dec = tr.decoder.trainable_variables
-  diff = [np.abs(a.numpy() - b.numpy()).max()
-          for a, b in zip(tape.gradient(comp, dec), tape.gradient(mix, dec))]
-  assert max(diff) > 1e-2
+  tr._compiled_step(x, tf.constant(m), tf.constant(0), noise=noise)
+  for var, old, g in zip(tr.all_vars, before, tape.gradient(encoder_loss, tr.component_vars) +
+                         tape.gradient(decoder_loss, tr.mixture_vars)):
+    g = np.zeros(var.shape) if g is None else g.numpy()  # a loss that does not reach var
+    np.testing.assert_allclose((old - var.numpy()) / lr, g, rtol=2e-3, atol=2e-4,
+                               err_msg=var.path)
+  # The check can tell the losses apart: each alternative pulls differently.
+  for other in {id(l): l for l in (comp, mix, iwae)}.values():
+    if other is not encoder_loss:
+      diff = [np.abs(a.numpy() - b.numpy()).max() for a, b in zip(
+          tape.gradient(encoder_loss, tr.component_vars), tape.gradient(other, tr.component_vars))]
+      assert max(diff) > 1e-3
 
 
 class _PoisonDecoder(networks.BernoulliDecoder):
