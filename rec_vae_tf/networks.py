@@ -225,7 +225,12 @@ class BernoulliDecoder(keras.layers.Layer):
   def log_prob(self, x, z):
     """log p(x|z) summed over pixels. x: [B, P]; z: [..., B, M, D] -> [..., B, M]."""
     logits = self(z)  # [..., B, M, P]
-    return bernoulli_log_prob(x[:, None, :], logits)
+    return self.log_prob_of_logits(x[:, None, :], logits)
+
+  @staticmethod
+  def log_prob_of_logits(x, logits):
+    """log p(x|z) from the network's output: x broadcasts against logits [..., P] -> [...]."""
+    return bernoulli_log_prob(x, logits)
 
 
 def bernoulli_log_prob(x, logits):

@@ -73,3 +73,14 @@ def test_importance_log_weights_one_sample_is_a_single_sample_elbo():
   assert one.dtype == np.float64 and one.shape == (4,)
   # K = 1: the log weight of one sample, whose mean over draws is the ELBO.
   np.testing.assert_allclose(many.mean(0), elbo, rtol=0.03)
+
+
+def test_split_decoder_chunk_equals_the_compiled_chunk():
+  encoder, decoder = networks.build_networks(M, (8,), D, 'amortized', seed=3, num_pixels=P)
+  x = tf.constant(_images(5, 9))
+  whole = likelihood.Evaluator(encoder, decoder, xla=True, split_decoder=False)
+  split = likelihood.Evaluator(encoder, decoder, xla=True, split_decoder=True)
+  assert split.split_decoder and not whole.split_decoder
+  a = whole.log_likelihood(x, tf.constant(3), num_samples=20, chunk=8, seed=4)
+  b = split.log_likelihood(x, tf.constant(3), num_samples=20, chunk=8, seed=4)
+  np.testing.assert_allclose(a, b, rtol=1e-5)
