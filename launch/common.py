@@ -25,9 +25,12 @@ _DEFAULT = config_lib.Config()
 def define_config_flags() -> None:
   """Defines one flag per `Config` field (defaults from `Config`)."""
   d = _DEFAULT
-  flags.DEFINE_string('method', d.method, f'Method to train: {", ".join(config_lib.METHODS)}.')
+  flags.DEFINE_string('method', d.method,
+                      f'Method to train: {", ".join(config_lib.METHODS)} (vae_svi is vae+svi: '
+                      'savae without training the encoder through the refinement).')
   flags.DEFINE_integer('num_components', None,
-                       'M, mixture components (encoders). Default: 4, or 1 for vae and iwae.')
+                       'M, mixture components (encoders). Default: 4, or 1 for '
+                       f'{", ".join(config_lib.SINGLE_ENCODER_METHODS)}.')
   flags.DEFINE_integer('latent_dim', d.latent_dim, 'D, latent dimensions.')
   flags.DEFINE_string('network', d.network,
                       'Dense network size: small (2x200 hidden) or large (2x500 hidden).')
@@ -47,6 +50,13 @@ def define_config_flags() -> None:
   flags.DEFINE_boolean('warm_start', d.warm_start,
                        'Start each new component as a copy of the newest active one (recursive '
                        'schedules); otherwise it starts from its own random initialisation.')
+  flags.DEFINE_integer('refine_steps', d.refine_steps,
+                       'savae and vae_svi: K gradient steps refining each posterior on its ELBO, '
+                       'in training and at test time (0: no refinement).')
+  flags.DEFINE_float('refine_step_size', d.refine_step_size,
+                     'savae and vae_svi: step size (> 0) of the refinement ascent on (loc, log scale).')
+  flags.DEFINE_float('refine_momentum', d.refine_momentum,
+                     'savae and vae_svi: momentum in [0, 1) of the refinement steps.')
   flags.DEFINE_string('dataset', d.dataset, 'Dataset: mnist.')
   flags.DEFINE_string('data_dir', d.data_dir,
                       'Directory with mnist.npz (./run.sh prepares it) or the original IDX .gz files.')

@@ -26,6 +26,10 @@ def test_default_is_valid_and_round_trips(tmp_path):
     ('learning_rate', float('nan'), 'learning_rate'),
     ('xla', 'yes', 'true or false'),
     ('mixed_precision', 1, 'mixed_precision=1; allowed: true or false'),
+    ('refine_steps', -1, 'refine_steps=-1; allowed: an integer >= 0'),
+    ('refine_steps', 2.0, 'refine_steps'),
+    ('refine_step_size', 0.0, 'refine_step_size=0.0; allowed: a number in (0, 100]'),
+    ('refine_momentum', 1.0, 'refine_momentum=1.0; allowed: a number in [0.0, 1.0)'),
 ])
 def test_invalid_fields_are_named_with_what_is_allowed(field, value, needle):
   with pytest.raises(errors.ConfigError) as e:
@@ -66,3 +70,19 @@ def test_method_constraints():
     config_lib.Config(method='mixture').validate()
   with pytest.raises(errors.ConfigError, match='method=iwae'):
     config_lib.Config(method='iwae', num_components=2).validate()
+
+
+def test_semi_amortized_methods_have_one_encoder():
+  for method in ('savae', 'vae_svi'):
+    cfg = config_lib.default_config(method).validate()
+    assert cfg.num_components == 1 and cfg.refine_steps == 20
+    with pytest.raises(errors.ConfigError, match=f'method={method}'):
+      config_lib.Config(method=method, num_components=2).validate()
+  assert config_lib.REFINED_METHODS == ('savae', 'vae_svi')
+
+
+def test_a_config_written_before_refinement_existed_loads_with_the_defaults():
+  values = config_lib.Config().to_dict()
+  for field in ('refine_steps', 'refine_step_size', 'refine_momentum'):
+    del values[field]
+  assert config_lib.Config.from_dict(values).validate() == config_lib.Config()
