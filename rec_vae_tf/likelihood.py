@@ -12,6 +12,12 @@ divided by the exact number of examples (never an average of batch means).
 Also: the stratified ELBO of Q, per-component ELBOs, the mixture weights'
 average and entropy, and the encoder's time per batch (one feed-forward pass:
 the method's speed claim).
+
+Semi-amortized baselines (savae, vae_svi) pass `refine`: their posterior is
+the encoder's output refined per example by gradient steps on the ELBO
+(`trainer.make_refine_fn`), at test time too. Every function here then uses
+the refined posterior: the importance-sampling proposal, the ELBO and the
+timed encoder pass (which therefore includes the refinement steps).
 """
 
 import math
@@ -25,10 +31,27 @@ from rec_vae_tf import objective
 from rec_vae_tf import posterior
 
 
-def _encode(encoder, x, num_active):
+def _posterior(encoder, x, refine=None):
+  """The encoder's output, refined per example when `refine` is given.
+
+  Args:
+    encoder: a MixtureEncoder.
+    x: [B, P] images.
+    refine: None, or (x, loc [B, M, D], scale [B, M, D]) -> (loc, scale).
+  Returns:
+    (eps_logit [B, M], loc [B, M, D], scale [B, M, D]).
+  """
   enc = encoder(x)
-  log_alpha = posterior.recursive_log_weights(enc.eps_logit, num_active)  # [B, M]
-  return log_alpha, enc.loc, enc.scale
+  loc, scale = enc.loc, enc.scale  # [B, M, D]
+  if refine is not None:
+    loc, scale = refine(x, loc, scale)  # [B, M, D]
+  return enc.eps_logit, loc, scale
+
+
+def _encode(encoder, x, num_active, refine=None):
+  eps_logit, loc, scale = _posterior(encoder, x, refine)
+  log_alpha = posterior.recursive_log_weights(eps_logit, num_active)  # [B, M]
+  return log_alpha, loc, scale
 
 
 def draw_proposal_noise(log_alpha, num_samples, latent_dim, seed):
@@ -115,14 +138,19 @@ class Evaluator:
       `log_prob_of_logits`. Same values either way, up to float rounding.
   """
 
-  def __init__(self, encoder, decoder, *, xla: bool = True, split_decoder: bool = None):
+  def __init__(self, encoder, decoder, *, xla: bool = True, refine=None,
+               split_decoder: bool = None):
     self.encoder = encoder
     self.decoder = decoder
+    # refine: None, or the per-example refinement (x, loc, scale) -> (loc, scale)
+    # of savae / vae_svi (`trainer.make_refine_fn`), applied wherever the
+    # posterior is used: encoding (and its timing), proposal and ELBO.
+    self.refine = refine
     if split_decoder is None:
       split_decoder = (xla and hasattr(decoder, 'log_prob_of_logits') and
                        not tf.config.list_physical_devices('GPU'))
     self.split_decoder = split_decoder
-    self._encode = tf.function(lambda x, n: _encode(encoder, x, n), jit_compile=xla)
+    self._encode = tf.function(lambda x, n: _encode(encoder, x, n, refine), jit_compile=xla)
     self._draw = tf.function(draw_proposal_noise)
     if split_decoder:
       self._proposal = tf.function(proposal_samples, jit_compile=xla)
@@ -148,9 +176,9 @@ class Evaluator:
     return self._combine(x, logits, log_p_z_over_q)  # XLA
 
   def _elbo_terms(self, x, num_active, noise):
-    enc = self.encoder(x)
+    eps_logit, loc, scale = _posterior(self.encoder, x, self.refine)
     return objective.rme_terms(
-        lambda z: self.decoder.log_prob(x, z), enc.loc, enc.scale, enc.eps_logit, noise,
+        lambda z: self.decoder.log_prob(x, z), loc, scale, eps_logit, noise,
         num_active, kl_weight=0.0, prior_floor=0.0)
 
   def log_likelihood(self, x, num_active, num_samples: int, chunk: int, seed: int) -> np.ndarray:
@@ -172,9 +200,13 @@ class Evaluator:
 
 
 def evaluate_elbo(encoder, decoder, dataset, num_active, *, seed: int, xla: bool = True,
-                  evaluator: 'Evaluator' = None) -> Dict[str, float]:
-  """Stratified mixture ELBO and per-component ELBOs over a dataset (float64 sums)."""
-  ev = evaluator or Evaluator(encoder, decoder, xla=xla)
+                  evaluator: 'Evaluator' = None, refine=None) -> Dict[str, float]:
+  """Stratified mixture ELBO and per-component ELBOs over a dataset (float64 sums).
+
+  `refine` (savae, vae_svi) is used only when no `evaluator` is given; an
+  evaluator carries its own.
+  """
+  ev = evaluator or Evaluator(encoder, decoder, xla=xla, refine=refine)
   total, count = 0.0, 0
   comp = None
   weights = None
@@ -202,7 +234,7 @@ def evaluate_elbo(encoder, decoder, dataset, num_active, *, seed: int, xla: bool
 
 
 def evaluate(encoder, decoder, dataset, num_active, *, num_samples: int, chunk: int,
-             seed: int, xla: bool = True, log=None) -> Dict[str, float]:
+             seed: int, xla: bool = True, log=None, refine=None) -> Dict[str, float]:
   """Test log-likelihood (importance sampling), test ELBO and the posterior summary.
 
   Args:
@@ -213,11 +245,14 @@ def evaluate(encoder, decoder, dataset, num_active, *, num_samples: int, chunk: 
     chunk: samples per compiled chunk.
     seed: evaluation seed (the same seed gives the same estimate).
     log: optional progress callback.
+    refine: None, or the per-example refinement of savae / vae_svi
+      (`trainer.make_refine_fn`): proposal, ELBO and encoder time then use
+      the refined posterior.
   Returns:
     dict with test_log_likelihood, test_elbo, component_elbo, mixture_weights,
     weight_entropy, num_importance_samples, num_examples, encoder_ms_per_batch.
   """
-  ev = Evaluator(encoder, decoder, xla=xla)
+  ev = Evaluator(encoder, decoder, xla=xla, refine=refine)
   num_active = tf.constant(int(num_active), tf.int32)
   elbo = evaluate_elbo(encoder, decoder, dataset, num_active, seed=seed + 1, evaluator=ev)
   total, count = 0.0, 0
@@ -244,7 +279,11 @@ def evaluate(encoder, decoder, dataset, num_active, *, num_samples: int, chunk: 
 
 
 def encoder_time_ms(ev: Evaluator, dataset, num_active, repeats: int = 20) -> float:
-  """Median wall time of one amortized posterior pass over the first batch, in ms."""
+  """Median wall time of one posterior pass over the first batch, in ms.
+
+  The encoder's feed-forward pass, plus the refinement steps when the
+  evaluator has `refine` (savae, vae_svi): the test-time cost of each method.
+  """
   x = next(iter(dataset))
   ev._encode(x, num_active)[0].numpy()  # warm-up / compile
   times = []

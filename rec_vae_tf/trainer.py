@@ -9,6 +9,14 @@ Two loops:
         mixing-weight parameters,
     applied by one Adam optimizer. The step is optionally XLA-compiled and its
     arguments are tensors, so it traces once.
+    The semi-amortized baselines (savae, vae_svi; M = 1) first refine the
+    encoder's posterior per example (`make_refine_fn`):
+      - savae: the decoder is trained on ELBO(q_K) at the refined, stopped
+        (loc_K, scale_K); the encoder on the same ELBO(q_K) through the K
+        refinement steps (second order), by back-propagating d ELBO /
+        d(loc_K, scale_K) through the steps, as SA-VAE does;
+      - vae_svi: the encoder on its own ELBO(q_0) (a plain VAE), the decoder
+        on ELBO(q_K) at the stopped refined posterior.
   * outer (Python): epochs, the recursion schedule (how many components are
     active), validation and model selection, checkpoints, TensorBoard
     summaries, progress lines, and the NaN/Inf guard.
@@ -37,11 +45,58 @@ from rec_vae_tf import likelihood
 from rec_vae_tf import networks
 from rec_vae_tf import objective
 from rec_vae_tf import posterior
+from rec_vae_tf import refinement
 
 CHECKPOINT_DIR = 'checkpoints'
 BEST_DIR = 'best'
 HISTORY_FILE = 'history.json'
 SUMMARY_DIR = 'summaries'
+# Per-example clipping of the refinement gradient (loc and log scale together),
+# as SA-VAE clips its inner gradients (to 5).
+REFINE_MAX_GRAD_NORM = 5.0
+# Seed salt of the refinement noise at evaluation (fixed: the same image gets the
+# same refined posterior in every evaluation of a run).
+_EVAL_REFINE_SEED = 7717
+
+
+def make_refine_fn(cfg: config_lib.Config, decoder) -> Optional[Callable]:
+  """The per-example posterior refinement of savae and vae_svi; None for other methods.
+
+  K = cfg.refine_steps momentum steps (cfg.refine_step_size, cfg.refine_momentum)
+  of gradient ascent on each example's ELBO over (loc, log scale), with
+  cfg.num_train_samples samples per step and each example's gradient clipped
+  to REFINE_MAX_GRAD_NORM (`refinement.refine_gaussian`), using `decoder` as
+  it is when called.
+
+  Args:
+    cfg: the run's config.
+    decoder: has log_prob(x [B, P], z [..., B, M, D]) -> [..., B, M].
+  Returns:
+    None, or refine(x, loc, scale, *, noise=None, seed=None, second_order=False)
+    -> (loc, scale): x [B, P]; loc, scale [B, 1, D] (the encoder's layout,
+    M = 1); noise [K, S, B, D] or a stateless seed [2] (neither: a fixed
+    evaluation seed). second_order=False returns constants (vae_svi, and every
+    evaluation); True keeps the steps differentiable w.r.t. loc and scale
+    (savae's encoder update). With K = 0 the input is returned as it is.
+  """
+  if cfg.method not in config_lib.REFINED_METHODS:
+    return None
+
+  def refine(x, loc, scale, *, noise=None, seed=None, second_order=False):
+    if cfg.refine_steps == 0:
+      return loc, scale
+    if noise is None and seed is None:
+      seed = tf.constant([cfg.seed, _EVAL_REFINE_SEED], tf.int64)
+    log_p_x_given_z_fn = lambda z: decoder.log_prob(x, z[..., None, :])[..., 0]  # [S, B]
+    out = refinement.refine_gaussian(
+        log_p_x_given_z_fn, loc[:, 0], tf.math.log(scale[:, 0]),  # [B, D] each
+        num_steps=cfg.refine_steps, step_size=cfg.refine_step_size,
+        momentum=cfg.refine_momentum, num_samples=cfg.num_train_samples, seed=seed,
+        noise=noise, max_grad_norm=REFINE_MAX_GRAD_NORM,
+        stop_encoder_gradient=not second_order)
+    return out.loc[:, None], out.scale[:, None]  # [B, 1, D] each
+
+  return refine
 
 
 def num_active_at(cfg: config_lib.Config, step: int, steps_per_epoch: int) -> int:
@@ -100,6 +155,8 @@ class Trainer:
     self.best_manager = tf.train.CheckpointManager(
         self.best_checkpoint, os.path.join(workdir, BEST_DIR), max_to_keep=1)
 
+    # Per-example refinement of the posterior (savae, vae_svi), else None.
+    self.refine = make_refine_fn(cfg, self.decoder)
     self.trace_count = 0
     step_fn = tf.function(self._step, jit_compile=cfg.xla)
     self._compiled_step = step_fn
@@ -119,8 +176,21 @@ class Trainer:
     return tf.random.stateless_normal(
         [cfg.num_train_samples, tf.shape(x)[0], cfg.num_components, cfg.latent_dim], seed=seed)
 
-  def _step(self, x, num_active, trainable_from, noise=None):
-    """One training step of cfg.method (rme, vae, boosted, mixture or iwae).
+  def _refine_noise(self, x):
+    """Refinement draws for the current step (savae, vae_svi): [K, S, B, D], or None.
+
+    A pure function of (seed, step), independent of `_noise`'s draws.
+    """
+    cfg = self.cfg
+    if self.refine is None or cfg.refine_steps == 0:
+      return None
+    seed = tf.random.experimental.stateless_fold_in(
+        tf.stack([tf.cast(cfg.seed, tf.int64), self.step]), 1)
+    return tf.random.stateless_normal(
+        [cfg.refine_steps, cfg.num_train_samples, tf.shape(x)[0], cfg.latent_dim], seed=seed)
+
+  def _step(self, x, num_active, trainable_from, noise=None, refine_noise=None):
+    """One training step of cfg.method.
 
     Args:
       x: [B, P] binary images.
@@ -129,6 +199,8 @@ class Trainer:
         (`_noise`). The training loop draws them outside this function: XLA's
         CPU random-number code took a third of the step when compiled into it
         (README, "Performance").
+      refine_noise: savae / vae_svi: [K, S, B, D] draws of the refinement
+        steps, or None to draw them here (`_refine_noise`). Ignored otherwise.
     Returns:
       dict of scalar and [M] metrics.
     """
@@ -138,6 +210,11 @@ class Trainer:
       noise = self._noise(x)
     index = tf.range(cfg.num_components)
     frozen = index < trainable_from  # [M]
+    if self.refine is not None:
+      if refine_noise is None:
+        refine_noise = self._refine_noise(x)
+      grads, terms = self._refined_gradients(x, num_active, noise, refine_noise)
+      return self._apply(grads, terms, frozen)
     with tf.GradientTape(persistent=True) as tape:
       enc = self.encoder(x)
       # Frozen components' weights stay put (freeze_earlier); others train.
@@ -159,6 +236,55 @@ class Trainer:
     grads = (tape.gradient(component_loss, self.component_vars) +
              tape.gradient(mixture_loss, self.mixture_vars))
     del tape
+    return self._apply(grads, terms, frozen)
+
+  def _refined_gradients(self, x, num_active, noise, refine_noise):
+    """Gradients of savae or vae_svi (M = 1) for one step, and the terms at q_K.
+
+    Args:
+      x: [B, P]; num_active: int32 scalar (1); noise: [S, B, 1, D];
+      refine_noise: [K, S, B, D] or None (K = 0).
+    Returns:
+      (gradients aligned with self.all_vars (None where a loss does not reach
+      a variable), objective.RMETerms of ELBO(q_K) at the refined posterior).
+    """
+    cfg = self.cfg
+    log_p_fn = self._log_p_x_given_z_fn(x)
+    with tf.GradientTape(persistent=True) as tape:
+      enc = self.encoder(x)
+      loc_k, scale_k = self.refine(x, enc.loc, enc.scale, noise=refine_noise,
+                                   second_order=cfg.method == 'savae')  # [B, 1, D] each
+      # ELBO(q_K) at the refined parameters as constants: the decoder's gradient
+      # (SA-VAE's decoder update ignores the steps' dependence on the decoder).
+      loc_k_stopped, scale_k_stopped = tf.stop_gradient(loc_k), tf.stop_gradient(scale_k)
+      tape.watch([loc_k_stopped, scale_k_stopped])
+      terms = objective.rme_terms(
+          log_p_fn, loc_k_stopped, scale_k_stopped, enc.eps_logit, noise, num_active,
+          cfg.kl_weight, cfg.prior_floor)
+      mixture_loss = -tf.reduce_mean(terms.mixture_elbo)  # M = 1: ELBO(q_K)
+      if cfg.method == 'vae_svi':
+        # The encoder is a plain VAE encoder: its own ELBO(q_0).
+        terms_0 = objective.rme_terms(
+            log_p_fn, enc.loc, enc.scale, enc.eps_logit, noise, num_active,
+            cfg.kl_weight, cfg.prior_floor)
+        encoder_loss = -tf.reduce_mean(terms_0.component_objective[:, 0])
+      else:
+        encoder_loss = -tf.reduce_mean(terms.component_objective[:, 0])  # ELBO(q_K)
+    if cfg.method == 'vae_svi':
+      encoder_grads = tape.gradient(encoder_loss, self.component_vars)
+    else:
+      # savae: d ELBO(q_K) / d(loc_K, scale_K), carried back through the K steps
+      # to the encoder (second order; with K = 0 this is the VAE's gradient).
+      grad_loc, grad_scale = tape.gradient(encoder_loss, [loc_k_stopped, scale_k_stopped])
+      encoder_grads = tape.gradient([loc_k, scale_k], self.component_vars,
+                                    output_gradients=[grad_loc, grad_scale])
+    grads = encoder_grads + tape.gradient(mixture_loss, self.mixture_vars)
+    del tape
+    return grads, terms
+
+  def _apply(self, grads, terms, frozen):
+    """Applies one step's gradients (aligned with all_vars) and returns its metrics."""
+    cfg = self.cfg
     # A loss that does not reach a variable (iwae's eps head: one encoder, eps_1 = 1).
     grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, self.all_vars)]
     # Only freeze_earlier ever freezes a component (trainable_from > 0); other
@@ -182,10 +308,12 @@ class Trainer:
   def _train_steps(self, iterator, num_steps, num_active, trainable_from):
     """Runs num_steps steps; returns metrics averaged over them and a finiteness flag."""
     x = next(iterator)
-    totals = self._compiled_step(x, num_active, trainable_from, noise=self._noise(x))
+    totals = self._compiled_step(x, num_active, trainable_from, noise=self._noise(x),
+                                 refine_noise=self._refine_noise(x))
     for _ in tf.range(num_steps - 1):
       x = next(iterator)
-      metrics = self._compiled_step(x, num_active, trainable_from, noise=self._noise(x))
+      metrics = self._compiled_step(x, num_active, trainable_from, noise=self._noise(x),
+                                    refine_noise=self._refine_noise(x))
       totals = {k: totals[k] + metrics[k] for k in totals}
     return {k: v / tf.cast(num_steps, v.dtype) for k, v in totals.items()}
 
@@ -311,7 +439,9 @@ def train(cfg: config_lib.Config, workdir: str, *,
                                         seed=cfg.seed + 1)
   # One evaluator for the whole run: a new one per epoch would retrace (and
   # XLA-compile) the validation step every epoch.
-  valid_evaluator = likelihood.Evaluator(trainer.encoder, trainer.decoder, xla=cfg.xla)
+  # savae / vae_svi are validated (and selected) with their refined posterior.
+  valid_evaluator = likelihood.Evaluator(trainer.encoder, trainer.decoder, xla=cfg.xla,
+                                         refine=trainer.refine)
   writer = tf.summary.create_file_writer(os.path.join(workdir, SUMMARY_DIR))
   train_seconds = sum(h.get('epoch_seconds', 0.0) for h in history)
   start_epoch = step // spe

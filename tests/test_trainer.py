@@ -254,3 +254,79 @@ def test_unwritable_workdir_fails_fast(tmp_path):
   blocker.write_text('x')
   with pytest.raises(errors.UserError, match='not writable'):
     _train(_cfg(), blocker / 'run')
+
+
+def _sgd_trainer(cfg, workdir, lr):
+  """A Trainer whose optimizer is plain SGD (swapped in before the first trace)."""
+  tr = trainer_lib.Trainer(cfg, str(workdir), make_networks=_tiny_networks, num_pixels=P)
+  tr.optimizer = keras.optimizers.SGD(lr)
+  tr.optimizer.build(tr.all_vars)
+  return tr
+
+
+def _refined_cfg(method, **kw):
+  return _cfg(method=method, num_components=1, refine_steps=3, refine_step_size=0.1, **kw)
+
+
+def test_savae_without_refinement_steps_takes_the_vae_step(tmp_path):
+  x = tf.constant(np.random.default_rng(2).integers(0, 2, [BATCH, P]), tf.float32)
+  after = {}
+  for method in ('vae', 'savae'):
+    cfg = _cfg(method=method, num_components=1, refine_steps=0)
+    tr = trainer_lib.Trainer(cfg, str(tmp_path / method), make_networks=_tiny_networks,
+                             num_pixels=P)
+    assert (tr.refine is None) == (method == 'vae')
+    tr._compiled_step(x, tf.constant(1), tf.constant(0), noise=tr._noise(x))  # Adam, as in training
+    after[method] = _values(tr)
+  for a, b in zip(after['vae'], after['savae']):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_refined_methods_route_their_gradients(tmp_path):
+  """vae_svi: encoder on the plain ELBO(q_0), decoder on ELBO(q_K) at the stopped refined
+  posterior; savae: the same decoder update, the encoder on ELBO(q_K) through the steps."""
+  lr = 1e-2
+  x = tf.constant(np.random.default_rng(2).integers(0, 2, [BATCH, P]), tf.float32)
+  updates, expected = {}, {}
+  for method in ('vae_svi', 'savae'):
+    cfg = _refined_cfg(method)
+    tr = _sgd_trainer(cfg, tmp_path / method, lr)
+    noise, refine_noise = tr._noise(x), tr._refine_noise(x)  # [S, B, 1, D], [K, S, B, D]
+    assert refine_noise.shape == (3, 1, BATCH, 2)
+    elbo = lambda loc, scale: objective.rme_terms(
+        lambda z: tr.decoder.log_prob(x, z), loc, scale, enc.eps_logit, noise, tf.constant(1),
+        cfg.kl_weight, cfg.prior_floor).component_objective[:, 0]  # [B] ELBO of q(loc, scale)
+    with tf.GradientTape(persistent=True) as tape:
+      enc = tr.encoder(x)
+      plain = -tf.reduce_mean(elbo(enc.loc, enc.scale))
+      stopped = -tf.reduce_mean(elbo(*tr.refine(x, enc.loc, enc.scale, noise=refine_noise)))
+      through = -tf.reduce_mean(elbo(*tr.refine(x, enc.loc, enc.scale, noise=refine_noise,
+                                                second_order=True)))
+    encoder_loss = plain if method == 'vae_svi' else through
+    grads = (tape.gradient(encoder_loss, tr.component_vars) +
+             tape.gradient(stopped, tr.mixture_vars))
+    expected[method] = [np.zeros(v.shape) if g is None else g.numpy()
+                        for g, v in zip(grads, tr.all_vars)]
+    before = _values(tr)
+    tr._compiled_step(x, tf.constant(1), tf.constant(0), noise=noise, refine_noise=refine_noise)
+    updates[method] = [(old - v.numpy()) / lr for old, v in zip(before, tr.all_vars)]
+    for var, update, g in zip(tr.all_vars, updates[method], expected[method]):
+      np.testing.assert_allclose(update, g, rtol=2e-3, atol=2e-4, err_msg=f'{method} {var.path}')
+    # The refinement moved the posterior, so the plain and the refined ELBO differ.
+    assert abs(float(plain) - float(stopped)) > 1e-3
+  num_enc = len(tr.component_vars)
+  # Same decoder update (the same stopped refined posterior) ...
+  for a, b in zip(updates['savae'][num_enc:], updates['vae_svi'][num_enc:]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # ... but savae's encoder gradient flows through the refinement steps.
+  diff = max(np.abs(a - b).max() for a, b in zip(updates['savae'][:num_enc],
+                                                  updates['vae_svi'][:num_enc]))
+  assert diff > 1e-3
+
+
+@pytest.mark.parametrize('method', ['savae', 'vae_svi'])
+def test_refined_methods_train_with_xla_and_trace_once(method, tmp_path):
+  result = _train(_refined_cfg(method, epochs=2, xla=True), tmp_path)
+  assert result.trainer.trace_count == 1
+  assert result.trainer.train_steps.experimental_get_tracing_count() == 1
+  assert all(np.isfinite(h['valid_mixture_elbo']) for h in result.history)
