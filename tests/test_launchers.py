@@ -246,3 +246,19 @@ def test_train_resumes_after_sigkill(data_dir, env, tmp_path):
   assert [h['step'] for h in history] == list(range(STEPS_PER_EPOCH, total + 1, STEPS_PER_EPOCH))
   assert history[-1]['num_active'] == components
   assert _latest_step(workdir) == total
+
+
+def test_main_runs_the_semi_amortized_baselines(data_dir, env, tmp_path):
+  workdir = str(tmp_path / 'savae')
+  flags = [f'--workdir={workdir}', f'--data_dir={data_dir}', '--methods=savae,vae_svi',
+           '--test_examples=8', '--epochs=1', '--refine_steps=2'] + [
+               f for f in TINY if not f.startswith('--epochs')]
+  stdout = _check_ok(_launch('main', flags, env))
+  rows = _read_json(os.path.join(workdir, 'results.json'))
+  assert [r['method'] for r in rows] == ['savae', 'vae_svi']
+  for row in rows:
+    assert row['num_components'] == 1 and row['config']['refine_steps'] == 2
+    for key in ('test_log_likelihood', 'test_elbo', 'encoder_ms_per_batch'):
+      assert math.isfinite(row[key]), (key, row)
+  assert '| vae+svi | 1 |' in stdout
+  assert not os.path.exists(os.path.join(workdir, 'export'))  # the export is RME's only
