@@ -67,7 +67,8 @@ def draw_proposal_noise(log_alpha, num_samples, latent_dim, seed):
     latent_dim: D.
     seed: stateless seed, shape [2].
   Returns:
-    (component [K, B] int32, drawn from alpha(x); eps [K, B, D] float32).
+    (component [B, K] int32, drawn from alpha(x), in the layout the sampler
+    returns it (a transpose here cost 3% of an evaluation); eps [K, B, D] float32).
   """
   component_seed = tf.random.experimental.stateless_fold_in(seed, 0)
   normal_seed = tf.random.experimental.stateless_fold_in(seed, 1)
@@ -75,7 +76,7 @@ def draw_proposal_noise(log_alpha, num_samples, latent_dim, seed):
       log_alpha, num_samples, seed=component_seed, dtype=tf.int32)  # [B, K]
   eps = tf.random.stateless_normal(
       [num_samples, tf.shape(log_alpha)[0], latent_dim], seed=normal_seed)  # [K, B, D]
-  return tf.transpose(component), eps
+  return component, eps
 
 
 def importance_log_weights_from_noise(decoder, x, log_alpha, loc, scale, component, eps):
@@ -84,7 +85,7 @@ def importance_log_weights_from_noise(decoder, x, log_alpha, loc, scale, compone
   Args:
     decoder: has log_prob(x [B, P], z [..., B, M, D]) -> [..., B, M].
     x: [B, P]; log_alpha: [B, M]; loc, scale: [B, M, D].
-    component: [K, B] int32 component of each sample; eps: [K, B, D]
+    component: [B, K] int32 component of each sample; eps: [K, B, D]
       (from `draw_proposal_noise`).
   """
   z, log_p_z_over_q = proposal_samples(log_alpha, loc, scale, component, eps)  # [K, B, D], [K, B]
@@ -97,13 +98,12 @@ def proposal_samples(log_alpha, loc, scale, component, eps):
   """z_k = loc[c_k] + scale[c_k] * eps_k and log p(z_k) - log Q(z_k|x).
 
   Args:
-    log_alpha: [B, M]; loc, scale: [B, M, D]; component: [K, B] int32; eps: [K, B, D].
+    log_alpha: [B, M]; loc, scale: [B, M, D]; component: [B, K] int32; eps: [K, B, D].
   Returns:
     (z [K, B, D], log_p_z_over_q [K, B]).
   """
-  index = tf.transpose(component)  # [B, K]
-  loc_k = tf.transpose(tf.gather(loc, index, batch_dims=1), [1, 0, 2])  # [K, B, D]
-  scale_k = tf.transpose(tf.gather(scale, index, batch_dims=1), [1, 0, 2])  # [K, B, D]
+  loc_k = tf.transpose(tf.gather(loc, component, batch_dims=1), [1, 0, 2])  # [K, B, D]
+  scale_k = tf.transpose(tf.gather(scale, component, batch_dims=1), [1, 0, 2])  # [K, B, D]
   z = loc_k + scale_k * eps  # [K, B, D]
   log_q_components = posterior.diag_normal_log_prob(
       z[:, :, None, :], loc[None], scale[None])  # [K, B, M]
@@ -167,12 +167,15 @@ class Evaluator:
     return tf.reduce_logsumexp(log_w, axis=0)  # [B]
 
   def _combine_logsumexp(self, x, logits, log_p_z_over_q):
+    logits = tf.reshape(logits, tf.concat([tf.shape(log_p_z_over_q), [-1]], 0))  # [K, B, P]
     log_w = self.decoder.log_prob_of_logits(x, logits) + log_p_z_over_q  # [K, B]
     return tf.reduce_logsumexp(log_w, axis=0)  # [B]
 
   def _split_chunk_logsumexp(self, x, log_alpha, loc, scale, component, eps):
     z, log_p_z_over_q = self._proposal(log_alpha, loc, scale, component, eps)  # XLA
-    logits = self._logits(z)  # [K, B, P], TensorFlow's matmuls
+    # Rows [K * B, D]: on a matrix, TensorFlow fuses each layer's matmul, bias
+    # and ReLU into one oneDNN call (on [K, B, D] they ran as separate ops).
+    logits = self._logits(tf.reshape(z, [-1, z.shape[-1]]))  # [K * B, P], TensorFlow's matmuls
     return self._combine(x, logits, log_p_z_over_q)  # XLA
 
   def _elbo_terms(self, x, num_active, noise):
