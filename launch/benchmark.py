@@ -36,8 +36,9 @@ FLOPs are counted analytically, 2*m*n*k per matmul of the dense layers
   evaluation     = B * (enc(M) + K * dec)           per batch of B images
   peak           = 2 n^3 / t, fastest of float32 n x n matmuls over --peak_sizes,
                    with and without XLA
-Cost of a default run: about 3 minutes on a 2-core CPU (mostly XLA
-compilation and the K = 5000 evaluation); peak memory about 1 GB.
+Cost of a default run: about 1.5 minutes on a 2-core CPU (half of it tracing
+and XLA compilation); peak memory about 1 GB. Load from other processes
+changes the absolute numbers a lot and the ratios less (README, "Performance").
 """
 
 import json
