@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -220,7 +221,7 @@ def main(argv):
   wall_start = time.perf_counter()
   device = _device_name(tf)
   common.log(f'device: {device}')
-  workdir = tempfile.mkdtemp(prefix='rec_vae_benchmark_')
+  workdir = tempfile.mkdtemp(prefix='rec_vae_benchmark_')  # trainers need one; nothing is saved
 
   def make_networks(num_components, hidden_units, latent_dim, eps_mode, seed, num_pixels,
                     mixed_precision=False):
@@ -413,6 +414,7 @@ def main(argv):
       'retraces': retraces,
       'wall_seconds': time.perf_counter() - wall_start,
   }
+  shutil.rmtree(workdir, ignore_errors=True)
   _print_report(result, ref_m, k_is)
   if FLAGS.output:
     tmp = FLAGS.output + '.tmp'
