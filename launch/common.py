@@ -73,8 +73,9 @@ def define_config_flags() -> None:
   flags.DEFINE_boolean('xla', d.xla, 'Compile the training and evaluation steps with XLA.')
   flags.DEFINE_boolean('mixed_precision', d.mixed_precision,
                        'Run the networks\' matmuls in bfloat16 (variables, losses and log densities '
-                       'stay float32). Meant for GPUs with bfloat16 tensor cores; on a CPU without '
-                       'fast bfloat16 kernels it is slower (README, "Performance").')
+                       'stay float32). Meant for GPUs with bfloat16 tensor cores; not measured on a '
+                       'GPU yet, and 10-18% slower on the project\'s CPU, which has AVX512_BF16 '
+                       '(README, "Performance").')
   flags.DEFINE_integer('num_importance_samples', d.num_importance_samples,
                        'K, importance samples per test image for log p(x) (5000 is the literature standard).')
   flags.DEFINE_integer('eval_batch_size', d.eval_batch_size, 'Evaluation batch size.')
