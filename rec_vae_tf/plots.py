@@ -75,12 +75,19 @@ def save_training_curves(histories: Dict[str, List[dict]], path: str) -> str:
 
 
 def save_weights(names: Sequence[str], weights: Sequence[Sequence[float]], path: str) -> str:
-  """Average mixture weight of each component, per method."""
+  """Average mixture weight of each component, per mixture method (M > 1 only)."""
+  pairs = [(n, w) for n, w in zip(names, weights) if len(w) > 1]
   fig, ax = plt.subplots(figsize=(6, 4))
-  width = 0.8 / max(len(names), 1)
-  for i, (name, w) in enumerate(zip(names, weights)):
-    ax.bar(np.arange(len(w)) + i * width, w, width=width, label=name)
-  ax.set_xlabel('component')
+  width = 0.8 / max(len(pairs), 1)
+  for i, (name, w) in enumerate(pairs):
+    ax.bar(np.arange(1, len(w) + 1) + (i - (len(pairs) - 1) / 2) * width, w, width=width,
+           label=name)
+  most = max((len(w) for _, w in pairs), default=1)
+  ax.set_xticks(np.arange(1, most + 1))
+  ax.set_xlabel('component m (in order of activation)')
   ax.set_ylabel('average weight alpha_m(x) on the test set')
-  ax.legend()
+  if pairs:
+    ax.legend()
+  else:
+    ax.set_title('no mixture method in this run')
   return _save(fig, path)
