@@ -189,15 +189,19 @@ class _PoisonDecoder(networks.BernoulliDecoder):
     return tf.where(self.poison > 0, tf.fill(tf.shape(logits), np.nan), logits)
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-  _PoisonDecoder.poison = tf.Variable(0.0, trainable=False)
-
+def _with_decoder(decoder_class):
+  """A network factory with the tiny encoder and a decoder of decoder_class."""
   def make(num_components, hidden_units, latent_dim, eps_mode, seed, num_pixels):
     encoder, _ = _tiny_networks(num_components, hidden_units, latent_dim, eps_mode, seed, num_pixels)
-    decoder = _PoisonDecoder((8,), num_pixels, seed=seed, name="poisoned_decoder")
+    decoder = decoder_class((8,), num_pixels, seed=seed, name='test_decoder')
     decoder.build((None, latent_dim))
     return encoder, decoder
+  return make
 
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+  _PoisonDecoder.poison = tf.Variable(0.0, trainable=False)
+  make = _with_decoder(_PoisonDecoder)
   cfg = _cfg()
   trainer_lib.train(cfg, str(tmp_path), load_data=_load_data, make_networks=make,
                     log=lambda s: None, stop_after_steps=6)
@@ -228,13 +232,7 @@ class _NanGradientDecoder(networks.BernoulliDecoder):
 
 def test_non_finite_parameters_under_a_finite_loss_are_caught_before_saving(tmp_path):
   _NanGradientDecoder.poison = tf.Variable(0.0, trainable=False)
-
-  def make(num_components, hidden_units, latent_dim, eps_mode, seed, num_pixels):
-    encoder, _ = _tiny_networks(num_components, hidden_units, latent_dim, eps_mode, seed, num_pixels)
-    decoder = _NanGradientDecoder((8,), num_pixels, seed=seed, name='nan_gradient_decoder')
-    decoder.build((None, latent_dim))
-    return encoder, decoder
-
+  make = _with_decoder(_NanGradientDecoder)
   cfg = _cfg()
   trainer_lib.train(cfg, str(tmp_path), load_data=_load_data, make_networks=make,
                     log=lambda s: None, stop_after_steps=6)
