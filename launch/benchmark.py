@@ -41,7 +41,6 @@ and XLA compilation); peak memory about 1 GB. Load from other processes
 changes the absolute numbers a lot and the ratios less (README, "Performance").
 """
 
-import json
 import logging
 import os
 import platform
@@ -417,10 +416,7 @@ def main(argv):
   shutil.rmtree(workdir, ignore_errors=True)
   _print_report(result, ref_m, k_is)
   if FLAGS.output:
-    tmp = FLAGS.output + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(result, f, indent=1, sort_keys=True)
-    os.replace(tmp, FLAGS.output)
+    config_lib.write_json_atomic(FLAGS.output, result, sort_keys=True)
     common.log(f'wrote {FLAGS.output}')
 
 

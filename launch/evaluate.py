@@ -10,7 +10,6 @@ time include the refinement steps). Cost with the small network on a 2-core CPU:
 10 s per 1000 test images at K=1000 (linear in K).
 """
 
-import json
 import os
 
 from absl import app
@@ -56,9 +55,7 @@ def main(argv):
   result['method'] = cfg.method
   name = f'eval_{os.path.basename(path)}_K{k}_n{len(test)}_s{FLAGS.eval_seed}.json'
   out = os.path.join(FLAGS.workdir, name)
-  with open(out + '.tmp', 'w') as f:
-    json.dump(result, f, indent=1)
-  os.replace(out + '.tmp', out)
+  config_lib.write_json_atomic(out, result)
   common.log(f'test log p(x) {result["test_log_likelihood"]:.3f} (K={k}), test ELBO '
              f'{result["test_elbo"]:.3f}, weights {[round(w, 3) for w in result["mixture_weights"]]}, '
              f'encoder {result["encoder_ms_per_batch"]:.2f} ms/batch; written to {out}')

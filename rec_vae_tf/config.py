@@ -186,11 +186,7 @@ class Config:
 
   def save(self, path: str) -> None:
     """Writes the config as JSON atomically (temporary file, then rename)."""
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-      f.write('\n')
-    os.replace(tmp, path)
+    write_json_atomic(path, self.to_dict(), indent=2, sort_keys=True)
 
   @classmethod
   def load(cls, path: str) -> 'Config':
@@ -215,6 +211,18 @@ def default_config(method: str = 'rme', **overrides) -> Config:
 
 
 CONFIG_FILENAME = 'config.json'
+
+
+def write_json_atomic(path: str, value: Any, *, indent: int = 1, sort_keys: bool = False) -> None:
+  """Writes `value` as JSON to a temporary file, then renames it onto `path`.
+
+  A reader (or a run killed mid-write) sees the old file or the new one, never half.
+  """
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(value, f, indent=indent, sort_keys=sort_keys)
+    f.write('\n')
+  os.replace(tmp, path)
 
 
 def config_path(workdir: str) -> str:

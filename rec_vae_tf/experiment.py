@@ -71,9 +71,7 @@ def _evaluate_cached(run_dir, tr, cfg, dataset, num_samples, test_count, eval_se
   result = likelihood.evaluate(tr.encoder, tr.decoder, dataset, tr.num_active.numpy(),
                                num_samples=num_samples, chunk=cfg.eval_chunk, seed=eval_seed,
                                xla=cfg.xla, log=log, refine=tr.refine)
-  with open(cache + '.tmp', 'w') as f:
-    json.dump(result, f, indent=1)
-  os.replace(cache + '.tmp', cache)
+  config_lib.write_json_atomic(cache, result)
   return result
 
 
@@ -172,9 +170,7 @@ def run_comparison(base: config_lib.Config, workdir: str, *,
     trainers[cfg.method] = tr
     histories[cfg.method] = result.history
 
-  with open(os.path.join(workdir, RESULTS_FILE) + '.tmp', 'w') as f:
-    json.dump(rows, f, indent=1)
-  os.replace(os.path.join(workdir, RESULTS_FILE) + '.tmp', os.path.join(workdir, RESULTS_FILE))
+  config_lib.write_json_atomic(os.path.join(workdir, RESULTS_FILE), rows)
   table = format_table(rows)
   with open(os.path.join(workdir, 'results.md'), 'w') as f:
     f.write(table)

@@ -355,12 +355,6 @@ def _read_history(path: str, up_to_step: int) -> List[Dict]:
   return [h for h in history if h['step'] <= up_to_step]
 
 
-def _write_json_atomic(path: str, value) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(value, f, indent=1)
-  os.replace(tmp, path)
-
 
 @dataclasses.dataclass
 class TrainResult:
@@ -536,7 +530,7 @@ def train(cfg: config_lib.Config, workdir: str, *,
     history.append(entry)
     # History first: a kill between the two leaves an entry past the checkpoint,
     # which _read_history drops on resume (the other order would lose the entry).
-    _write_json_atomic(os.path.join(workdir, HISTORY_FILE), history)
+    config_lib.write_json_atomic(os.path.join(workdir, HISTORY_FILE), history)
     trainer.manager.save(checkpoint_number=step)
     # ETA from wall time per epoch of this call (training, validation and checkpoints).
     wall_per_epoch = (time.perf_counter() - wall_start) / max((step - first_step) / spe, 1e-9)
