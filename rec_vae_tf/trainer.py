@@ -291,7 +291,11 @@ class Trainer:
     # schedules skip the copy-and-restore, a pass over every encoder weight.
     freezes = cfg.schedule == 'freeze_earlier'
     before = [tf.identity(v) for v in self._sliced_vars] if freezes else []
-    self.optimizer.apply_gradients(zip(grads, self.all_vars))
+    # Every gradient and metric is computed before any variable changes. Without
+    # this barrier the graph may run a backward-pass read of a variable after the
+    # optimizer has written it (seen: savae/vae_svi updates differing run to run).
+    with tf.control_dependencies(grads + tf.nest.flatten(terms) + before):
+      self.optimizer.apply_gradients(zip(grads, self.all_vars))
     for var, old in zip(self._sliced_vars, before):
       mask = tf.reshape(frozen, [-1] + [1] * (len(var.shape) - 1))
       var.assign(tf.where(mask, old, var))
