@@ -22,6 +22,11 @@ Methods (all through the same trainer, data, decoder and evaluation):
   vae_svi  the cheaper "vae+svi": the encoder is a plain VAE encoder (trained
            on its own ELBO), the decoder is trained at the refined posterior
            (refinement held constant); refined at test time too.
+  iaf      one encoder whose Gaussian is pushed through flow_steps inverse
+           autoregressive flow steps conditioned on its features (TFP bijectors).
+  hf       the same with flow_steps Householder reflections (volume preserving).
+The capacity-matched VAE is method vae with encoder_hidden_units set so that
+its one encoder has about as many parameters as RME's M encoders.
 """
 
 import dataclasses
@@ -32,8 +37,10 @@ from typing import Any, Dict, Optional, Tuple
 
 from rec_vae_tf import errors
 
-METHODS = ('rme', 'vae', 'boosted', 'mixture', 'iwae', 'savae', 'vae_svi')
-SINGLE_ENCODER_METHODS = ('vae', 'iwae', 'savae', 'vae_svi')
+METHODS = ('rme', 'vae', 'boosted', 'mixture', 'iwae', 'savae', 'vae_svi', 'iaf', 'hf')
+SINGLE_ENCODER_METHODS = ('vae', 'iwae', 'savae', 'vae_svi', 'iaf', 'hf')
+# Methods whose posterior is the encoder's Gaussian pushed through a flow (rec_vae_tf.flows).
+FLOW_METHODS = ('iaf', 'hf')
 # Methods whose posterior is the encoder's output refined per example
 # (rec_vae_tf.refinement), in training and at test time.
 REFINED_METHODS = ('savae', 'vae_svi')
@@ -57,6 +64,7 @@ class Config:
   num_components: int = 4          # M, the mixture capacity (1 for vae)
   latent_dim: int = 50             # D
   network: str = 'small'
+  encoder_hidden_units: int = 0    # 0: the network's widths; N: every encoder hidden layer has N units
   # RME objective.
   kl_weight: float = 0.1           # lambda in J_lambda; 0 <= lambda < 1 (README: ablation)
   prior_floor: float = 0.05        # delta: KL measured against (1-delta) Q + delta p(z)
@@ -72,6 +80,9 @@ class Config:
   # 0.05: -195.3, 0.1: -196.0, 0.3: -199.7, 1.0: -269.8 (SA-VAE's 1.0 overshoots here).
   refine_step_size: float = 0.05
   refine_momentum: float = 0.5     # heavy-ball momentum in [0, 1)
+  # Flow posteriors (iaf, hf only).
+  flow_steps: int = 2              # T: IAF steps or Householder reflections
+  flow_hidden_units: int = 200     # IAF: hidden units of each step's MADE network
   # Data.
   dataset: str = 'mnist'
   data_dir: str = 'data/mnist'
@@ -84,6 +95,10 @@ class Config:
   num_train_samples: int = 1       # S, reparameterized samples per component per step
   seed: int = 0
   xla: bool = True
+  # tf.config.experimental.enable_op_determinism() while training and evaluating: the
+  # same command gives bit-identical parameters and metrics on the same machine (the
+  # data order and all noise are stateless functions of the seed either way).
+  deterministic: bool = False
   mixed_precision: bool = False    # bfloat16 matmuls, float32 variables and density math (GPU-oriented)
   # Evaluation.
   num_importance_samples: int = 5000  # K for the test log-likelihood
@@ -95,6 +110,13 @@ class Config:
   @property
   def hidden_units(self) -> Tuple[int, ...]:
     return NETWORK_HIDDEN[self.network]
+
+  @property
+  def encoder_hidden(self) -> Tuple[int, ...]:
+    """The encoders' hidden widths (the decoder keeps `hidden_units`)."""
+    if self.encoder_hidden_units:
+      return (self.encoder_hidden_units,) * len(self.hidden_units)
+    return self.hidden_units
 
   # ------------------------------------------------------------- validation
   def validate(self) -> 'Config':
@@ -133,6 +155,9 @@ class Config:
     if self.method == 'mixture' and self.schedule != 'simultaneous':
       fail('schedule', 'simultaneous for method=mixture (it trains all components jointly)')
     integer('latent_dim', 1)
+    integer('encoder_hidden_units', 0, 100000)
+    integer('flow_steps', 1, 64)
+    integer('flow_hidden_units', 1, 100000)
     real('kl_weight', 0.0, 1.0, high_open=True)
     real('prior_floor', 0.0, 1.0, high_open=True)
     real('epochs_per_component', 0.0, 1e6)
@@ -157,7 +182,7 @@ class Config:
     integer('validation_every', 1)
     if not isinstance(self.data_dir, str) or not self.data_dir:
       fail('data_dir', 'a non-empty path')
-    for field in ('xla', 'warm_start', 'mixed_precision'):
+    for field in ('xla', 'warm_start', 'mixed_precision', 'deterministic'):
       if not isinstance(getattr(self, field), bool):
         fail(field, 'true or false')
     return self

@@ -70,19 +70,30 @@ def _evaluate_cached(run_dir, tr, cfg, dataset, num_samples, test_count, eval_se
   # savae / vae_svi: proposal, ELBO and encoder time use the refined posterior.
   result = likelihood.evaluate(tr.encoder, tr.decoder, dataset, tr.num_active.numpy(),
                                num_samples=num_samples, chunk=cfg.eval_chunk, seed=eval_seed,
-                               xla=cfg.xla, log=log, refine=tr.refine)
+                               xla=cfg.xla, log=log, refine=tr.refine, flow=tr.flow)
   config_lib.write_json_atomic(cache, result)
   return result
 
 
-def _reconstructions(tr, x, seed):
+def posterior_sample(tr, x, seed):
+  """One z ~ q(z|x) per image from the run's own posterior: [B, D].
+
+  The mixture for the mixture methods, the refined Gaussian for savae /
+  vae_svi, the flow-transformed Gaussian for iaf / hf.
+  """
   enc = tr.encoder(x)
   loc, scale = enc.loc, enc.scale  # [B, M, D]
   if tr.refine is not None:  # savae / vae_svi: their posterior is the refined one
     loc, scale = tr.refine(x, loc, scale)
   log_alpha = posterior.recursive_log_weights(enc.eps_logit, tr.num_active)
   z = posterior.q_z_given_x(log_alpha, loc, scale).sample(seed=tf.constant([seed, 1]))
-  return tf.sigmoid(tr.decoder(z)).numpy()
+  if tr.flow is not None:
+    z, _ = tr.flow(z, enc.features[:, 0])
+  return z
+
+
+def _reconstructions(tr, x, seed):
+  return tf.sigmoid(tr.decoder(posterior_sample(tr, x, seed))).numpy()
 
 
 def _samples(tr, count, latent_dim, seed):

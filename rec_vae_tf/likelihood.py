@@ -20,15 +20,24 @@ the refined posterior: the importance-sampling proposal, the ELBO and the
 timed encoder pass (which therefore includes the refinement steps).
 """
 
+import functools
 import math
 import time
-from typing import Dict
+from typing import Dict, NamedTuple
 
 import numpy as np
 import tensorflow as tf
 
 from rec_vae_tf import objective
 from rec_vae_tf import posterior
+
+
+class Posterior(NamedTuple):
+  """The test-time posterior of a batch: one feed-forward pass (plus refinement)."""
+  log_alpha: tf.Tensor  # [B, M] mixture log weights
+  loc: tf.Tensor        # [B, M, D]
+  scale: tf.Tensor      # [B, M, D]
+  context: tf.Tensor = None  # [B, H] the flow's context (iaf, hf); None otherwise
 
 
 def _posterior(encoder, x, refine=None):
@@ -39,19 +48,34 @@ def _posterior(encoder, x, refine=None):
     x: [B, P] images.
     refine: None, or (x, loc [B, M, D], scale [B, M, D]) -> (loc, scale).
   Returns:
-    (eps_logit [B, M], loc [B, M, D], scale [B, M, D]).
+    (eps_logit [B, M], loc [B, M, D], scale [B, M, D], features [B, M, H] or None).
   """
   enc = encoder(x)
   loc, scale = enc.loc, enc.scale  # [B, M, D]
   if refine is not None:
     loc, scale = refine(x, loc, scale)  # [B, M, D]
-  return enc.eps_logit, loc, scale
+  return enc.eps_logit, loc, scale, enc.features
 
 
-def _encode(encoder, x, num_active, refine=None):
-  eps_logit, loc, scale = _posterior(encoder, x, refine)
+def _encode(encoder, x, num_active, refine=None, flow=None) -> Posterior:
+  eps_logit, loc, scale, features = _posterior(encoder, x, refine)
   log_alpha = posterior.recursive_log_weights(eps_logit, num_active)  # [B, M]
-  return log_alpha, loc, scale
+  if flow is None:
+    return Posterior(log_alpha, loc, scale)
+  return Posterior(log_alpha, loc, scale, features[:, 0])  # one component: context [B, H]
+
+
+def _infer(encoder, x, num_active, refine=None, flow=None):
+  """What a method computes per test batch before any sampling: the timed pass.
+
+  The posterior's parameters; flows also push the mean through the flow (the
+  cost of one flow sample per example).
+  """
+  post = _encode(encoder, x, num_active, refine, flow)
+  if flow is None:
+    return post.log_alpha
+  z, _ = flow(post.loc[:, 0], post.context)  # [B, D]
+  return z
 
 
 def draw_proposal_noise(log_alpha, num_samples, latent_dim, seed):
@@ -79,7 +103,8 @@ def draw_proposal_noise(log_alpha, num_samples, latent_dim, seed):
   return component, eps
 
 
-def importance_log_weights_from_noise(decoder, x, log_alpha, loc, scale, component, eps):
+def importance_log_weights_from_noise(decoder, x, log_alpha, loc, scale, component, eps,
+                                      flow=None, context=None):
   """log p(x, z_k) - log Q(z_k|x) at z_k = loc[c_k] + scale[c_k] * eps_k: returns [K, B].
 
   Args:
@@ -87,18 +112,25 @@ def importance_log_weights_from_noise(decoder, x, log_alpha, loc, scale, compone
     x: [B, P]; log_alpha: [B, M]; loc, scale: [B, M, D].
     component: [B, K] int32 component of each sample; eps: [K, B, D]
       (from `draw_proposal_noise`).
+    flow, context: iaf / hf: the flow (z [K, B, D], context [B, H]) ->
+      (z_T, log|det| [K, B]) applied to every sample, and its context.
   """
-  z, log_p_z_over_q = proposal_samples(log_alpha, loc, scale, component, eps)  # [K, B, D], [K, B]
+  z, log_p_z_over_q = proposal_samples(log_alpha, loc, scale, component, eps,
+                                       flow, context)  # [K, B, D], [K, B]
   # decoder.log_prob wants a component axis: treat the K samples as [K, B, 1, D].
   log_p_x_given_z = decoder.log_prob(x, z[:, :, None, :])[..., 0]  # [K, B]
   return log_p_x_given_z + log_p_z_over_q
 
 
-def proposal_samples(log_alpha, loc, scale, component, eps):
+def proposal_samples(log_alpha, loc, scale, component, eps, flow=None, context=None):
   """z_k = loc[c_k] + scale[c_k] * eps_k and log p(z_k) - log Q(z_k|x).
+
+  With a flow (iaf, hf; M = 1), z_k is pushed through it and
+  log Q(z_T) = log q_0(z_0) - log|det|.
 
   Args:
     log_alpha: [B, M]; loc, scale: [B, M, D]; component: [B, K] int32; eps: [K, B, D].
+    flow, context: None, or the flow and its context [B, H].
   Returns:
     (z [K, B, D], log_p_z_over_q [K, B]).
   """
@@ -108,6 +140,9 @@ def proposal_samples(log_alpha, loc, scale, component, eps):
   log_q_components = posterior.diag_normal_log_prob(
       z[:, :, None, :], loc[None], scale[None])  # [K, B, M]
   log_q = tf.reduce_logsumexp(log_alpha[None] + log_q_components, axis=-1)  # [K, B]
+  if flow is not None:
+    z, log_det = flow(z, context)  # [K, B, D], [K, B]
+    log_q = log_q - log_det
   return z, posterior.standard_normal_log_prob(z) - log_q
 
 
@@ -138,10 +173,13 @@ class Evaluator:
       `log_prob_of_logits`. Same values either way, up to float rounding.
   """
 
-  def __init__(self, encoder, decoder, *, xla: bool = True, refine=None,
+  def __init__(self, encoder, decoder, *, xla: bool = True, refine=None, flow=None,
                split_decoder: bool = None):
     self.encoder = encoder
     self.decoder = decoder
+    # flow: None, or the flow posterior of iaf / hf (rec_vae_tf.flows) that
+    # every proposal sample is pushed through (the encoder has one component).
+    self.flow = flow
     # refine: None, or the per-example refinement (x, loc, scale) -> (loc, scale)
     # of savae / vae_svi (`trainer.make_refine_fn`), applied wherever the
     # posterior is used: encoding (and its timing), proposal and ELBO.
@@ -150,10 +188,14 @@ class Evaluator:
       split_decoder = (xla and hasattr(decoder, 'log_prob_of_logits') and
                        not tf.config.list_physical_devices('GPU'))
     self.split_decoder = split_decoder
-    self._encode = tf.function(lambda x, n: _encode(encoder, x, n, refine), jit_compile=xla)
+    self._encode = tf.function(functools.partial(_encode, encoder, refine=refine, flow=flow),
+                               jit_compile=xla)
+    self._infer = tf.function(functools.partial(_infer, encoder, refine=refine, flow=flow),
+                              jit_compile=xla)
     self._draw = tf.function(draw_proposal_noise)
     if split_decoder:
-      self._proposal = tf.function(proposal_samples, jit_compile=xla)
+      self._proposal = tf.function(functools.partial(proposal_samples, flow=flow),
+                                   jit_compile=xla)
       self._logits = tf.function(decoder)  # never XLA-compiled
       self._combine = tf.function(self._combine_logsumexp, jit_compile=xla)
       self._chunk = self._split_chunk_logsumexp
@@ -161,9 +203,9 @@ class Evaluator:
       self._chunk = tf.function(self._chunk_logsumexp, jit_compile=xla)
     self._elbo = tf.function(self._elbo_terms, jit_compile=xla)
 
-  def _chunk_logsumexp(self, x, log_alpha, loc, scale, component, eps):
+  def _chunk_logsumexp(self, x, log_alpha, loc, scale, component, eps, context=None):
     log_w = importance_log_weights_from_noise(
-        self.decoder, x, log_alpha, loc, scale, component, eps)  # [K, B]
+        self.decoder, x, log_alpha, loc, scale, component, eps, self.flow, context)  # [K, B]
     return tf.reduce_logsumexp(log_w, axis=0)  # [B]
 
   def _combine_logsumexp(self, x, logits, log_p_z_over_q):
@@ -171,22 +213,26 @@ class Evaluator:
     log_w = self.decoder.log_prob_of_logits(x, logits) + log_p_z_over_q  # [K, B]
     return tf.reduce_logsumexp(log_w, axis=0)  # [B]
 
-  def _split_chunk_logsumexp(self, x, log_alpha, loc, scale, component, eps):
-    z, log_p_z_over_q = self._proposal(log_alpha, loc, scale, component, eps)  # XLA
+  def _split_chunk_logsumexp(self, x, log_alpha, loc, scale, component, eps, context=None):
+    z, log_p_z_over_q = self._proposal(log_alpha, loc, scale, component, eps,
+                                       context=context)  # XLA
     # Rows [K * B, D]: on a matrix, TensorFlow fuses each layer's matmul, bias
     # and ReLU into one oneDNN call (on [K, B, D] they ran as separate ops).
     logits = self._logits(tf.reshape(z, [-1, z.shape[-1]]))  # [K * B, P], TensorFlow's matmuls
     return self._combine(x, logits, log_p_z_over_q)  # XLA
 
   def _elbo_terms(self, x, num_active, noise):
-    eps_logit, loc, scale = _posterior(self.encoder, x, self.refine)
+    eps_logit, loc, scale, features = _posterior(self.encoder, x, self.refine)
+    if self.flow is not None:
+      return objective.flow_terms(lambda z: self.decoder.log_prob(x, z), loc, scale,
+                                  features, self.flow, noise)
     return objective.rme_terms(
         lambda z: self.decoder.log_prob(x, z), loc, scale, eps_logit, noise,
         num_active, kl_weight=0.0, prior_floor=0.0)
 
   def log_likelihood(self, x, num_active, num_samples: int, chunk: int, seed: int) -> np.ndarray:
     """Importance-sampled log p(x) per example, float64 [B]."""
-    log_alpha, loc, scale = self._encode(x, num_active)
+    log_alpha, loc, scale, context = self._encode(x, num_active)
     parts = []
     done = 0
     index = 0
@@ -194,7 +240,8 @@ class Evaluator:
       k = min(chunk, num_samples - done)
       chunk_seed = tf.constant([seed % 2**31, index], tf.int32)
       component, eps = self._draw(log_alpha, k, loc.shape[-1], chunk_seed)  # not XLA-compiled
-      parts.append(self._chunk(x, log_alpha, loc, scale, component, eps).numpy().astype(np.float64))
+      parts.append(self._chunk(x, log_alpha, loc, scale, component, eps,
+                               context).numpy().astype(np.float64))
       done += k
       index += 1
     stacked = np.stack(parts, 0)  # [chunks, B]
@@ -203,13 +250,13 @@ class Evaluator:
 
 
 def evaluate_elbo(encoder, decoder, dataset, num_active, *, seed: int, xla: bool = True,
-                  evaluator: 'Evaluator' = None, refine=None) -> Dict[str, float]:
+                  evaluator: 'Evaluator' = None, refine=None, flow=None) -> Dict[str, float]:
   """Stratified mixture ELBO and per-component ELBOs over a dataset (float64 sums).
 
-  `refine` (savae, vae_svi) is used only when no `evaluator` is given; an
-  evaluator carries its own.
+  `refine` (savae, vae_svi) and `flow` (iaf, hf) are used only when no
+  `evaluator` is given; an evaluator carries its own.
   """
-  ev = evaluator or Evaluator(encoder, decoder, xla=xla, refine=refine)
+  ev = evaluator or Evaluator(encoder, decoder, xla=xla, refine=refine, flow=flow)
   total, count = 0.0, 0
   comp = None
   weights = None
@@ -237,7 +284,7 @@ def evaluate_elbo(encoder, decoder, dataset, num_active, *, seed: int, xla: bool
 
 
 def evaluate(encoder, decoder, dataset, num_active, *, num_samples: int, chunk: int,
-             seed: int, xla: bool = True, log=None, refine=None) -> Dict[str, float]:
+             seed: int, xla: bool = True, log=None, refine=None, flow=None) -> Dict[str, float]:
   """Test log-likelihood (importance sampling), test ELBO and the posterior summary.
 
   Args:
@@ -251,11 +298,13 @@ def evaluate(encoder, decoder, dataset, num_active, *, num_samples: int, chunk: 
     refine: None, or the per-example refinement of savae / vae_svi
       (`trainer.make_refine_fn`): proposal, ELBO and encoder time then use
       the refined posterior.
+    flow: None, or the flow of iaf / hf (`trainer.Trainer.flow`): the
+      proposal and ELBO then use the flow posterior.
   Returns:
     dict with test_log_likelihood, test_elbo, component_elbo, mixture_weights,
     weight_entropy, num_importance_samples, num_examples, encoder_ms_per_batch.
   """
-  ev = Evaluator(encoder, decoder, xla=xla, refine=refine)
+  ev = Evaluator(encoder, decoder, xla=xla, refine=refine, flow=flow)
   num_active = tf.constant(int(num_active), tf.int32)
   elbo = evaluate_elbo(encoder, decoder, dataset, num_active, seed=seed + 1, evaluator=ev)
   total, count = 0.0, 0
@@ -285,13 +334,14 @@ def encoder_time_ms(ev: Evaluator, dataset, num_active, repeats: int = 20) -> fl
   """Median wall time of one posterior pass over the first batch, in ms.
 
   The encoder's feed-forward pass, plus the refinement steps when the
-  evaluator has `refine` (savae, vae_svi): the test-time cost of each method.
+  evaluator has `refine` (savae, vae_svi) and one pass of the flow when it has
+  `flow` (iaf, hf): the test-time cost of each method.
   """
   x = next(iter(dataset))
-  ev._encode(x, num_active)[0].numpy()  # warm-up / compile
+  ev._infer(x, num_active).numpy()  # warm-up / compile
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    ev._encode(x, num_active)[0].numpy()
+    ev._infer(x, num_active).numpy()
     times.append((time.perf_counter() - start) * 1e3)
   return float(np.median(times))

@@ -87,6 +87,9 @@ class EncoderOutput(NamedTuple):
   loc: tf.Tensor        # [B, M, D]
   scale: tf.Tensor      # [B, M, D]
   eps_logit: tf.Tensor  # [B, M]; eps_m = sigmoid(eps_logit[:, m]); column 0 unused (eps_1 = 1)
+  # [B, M, H] float32: each component's last hidden layer (the context of the
+  # flow posteriors, rec_vae_tf.flows); None for encoders without one.
+  features: tf.Tensor = None
 
 
 class MixtureEncoder(keras.layers.Layer):
@@ -157,7 +160,7 @@ class MixtureEncoder(keras.layers.Layer):
       eps_logit = tf.broadcast_to(self.eps_logits[None, :], [batch, self.num_components])
     else:
       eps_logit = tf.broadcast_to(self._fixed_logits[None, :], [batch, self.num_components])
-    return EncoderOutput(loc, scale, eps_logit)
+    return EncoderOutput(loc, scale, eps_logit, tf.cast(h, tf.float32))
 
   @property
   def component_variables(self):
@@ -259,7 +262,7 @@ MIXED_PRECISION_POLICY = 'mixed_bfloat16'
 
 def build_networks(num_components: int, hidden_units: Sequence[int], latent_dim: int,
                    eps_mode: str, seed: int, num_pixels: int = 784,
-                   mixed_precision: bool = False):
+                   mixed_precision: bool = False, encoder_hidden_units: Sequence[int] = None):
   """Builds (encoder, decoder) with all variables created.
 
   Args:
@@ -269,11 +272,14 @@ def build_networks(num_components: int, hidden_units: Sequence[int], latent_dim:
       'mixed_bfloat16'); variables stay float32 (same checkpoints) and both
       networks still return float32, so every log density is float32. Meant
       for GPUs; bfloat16 needs no loss scaling.
+    encoder_hidden_units: the encoders' hidden layers when they differ from
+      the decoder's (the capacity-matched VAE); None: `hidden_units`.
   Returns:
     (encoder, decoder).
   """
   dtype = keras.DTypePolicy(MIXED_PRECISION_POLICY) if mixed_precision else None
-  encoder = MixtureEncoder(num_components, hidden_units, latent_dim, eps_mode, seed=seed,
+  encoder = MixtureEncoder(num_components, encoder_hidden_units or hidden_units, latent_dim,
+                           eps_mode, seed=seed,
                            name='encoder', dtype=dtype)
   decoder = BernoulliDecoder(tuple(reversed(hidden_units)), num_pixels, seed=seed + 1000,
                              name='decoder', dtype=dtype)

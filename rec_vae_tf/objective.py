@@ -137,3 +137,43 @@ def iwae_bound(log_weights):
   """log (1/K) sum_k exp(log_weights[k]): [K, B] -> [B]. With K = 1 it is the ELBO."""
   num = tf.cast(tf.shape(log_weights)[0], log_weights.dtype)
   return tf.reduce_logsumexp(log_weights, axis=0) - tf.math.log(num)
+
+
+def flow_terms(
+    log_p_x_given_z_fn: Callable[[tf.Tensor], tf.Tensor],
+    loc: tf.Tensor,
+    scale: tf.Tensor,
+    features: tf.Tensor,
+    flow: Callable,
+    noise: tf.Tensor,
+) -> RMETerms:
+  """ELBO of a flow posterior (iaf, hf; one component) from one batched decoder pass.
+
+  z_0 = loc + scale * noise, z_T, log q_T(z_T|x) = flow(z_0; h) (rec_vae_tf.flows),
+  ELBO = E[log p(x|z_T) + log p(z_T) - log q_T(z_T|x)].
+
+  Args:
+    log_p_x_given_z_fn: z [S, B, 1, D] -> log p(x|z) [S, B, 1] (the decoder).
+    loc, scale: [B, 1, D] the encoder's Gaussian q_0.
+    features: [B, 1, H] the encoder's features (the flow's context).
+    flow: (z [S, B, D], context [B, H]) -> (z_T [S, B, D], log|det| [S, B]).
+    noise: [S, B, 1, D] standard normal draws.
+  Returns:
+    RMETerms with M = 1: component_objective = component_elbo = mixture_elbo
+    = the flow's ELBO; log_alpha = 0.
+  """
+  z0 = loc[None, :, 0] + scale[None, :, 0] * noise[:, :, 0]  # [S, B, D]
+  log_q0 = posterior.diag_normal_log_prob(noise[:, :, 0], 0.0, 1.0) - tf.reduce_sum(
+      tf.math.log(scale[:, 0]), axis=-1)[None]  # [S, B]
+  z, log_det = flow(z0, features[:, 0])  # [S, B, D], [S, B]
+  log_q = log_q0 - log_det  # [S, B]
+  log_p_x_given_z = log_p_x_given_z_fn(z[:, :, None, :])[..., 0]  # [S, B]
+  elbo = log_p_x_given_z + posterior.standard_normal_log_prob(z) - log_q  # [S, B]
+  mean_elbo = tf.reduce_mean(elbo, axis=0)[:, None]  # [B, 1]
+  return RMETerms(
+      component_objective=mean_elbo,
+      component_elbo=mean_elbo,
+      mixture_elbo=mean_elbo[:, 0],
+      log_alpha=tf.zeros_like(mean_elbo),
+      log_p_x_given_z=tf.reduce_mean(log_p_x_given_z, axis=0)[:, None],
+      iwae=iwae_bound(elbo)[:, None])

@@ -41,6 +41,7 @@ import tensorflow as tf
 from rec_vae_tf import config as config_lib
 from rec_vae_tf import data as data_lib
 from rec_vae_tf import errors
+from rec_vae_tf import flows
 from rec_vae_tf import likelihood
 from rec_vae_tf import networks
 from rec_vae_tf import objective
@@ -123,16 +124,31 @@ class Trainer:
                num_pixels: int = 784):
     self.cfg = cfg
     self.workdir = workdir
-    # mixed_precision is passed only when on, so factories without it keep working.
+    # mixed_precision and encoder_hidden_units are passed only when set, so
+    # factories without them keep working.
+    extra = {}
+    if cfg.mixed_precision:
+      extra['mixed_precision'] = True
+    if cfg.encoder_hidden_units:
+      extra['encoder_hidden_units'] = cfg.encoder_hidden
     self.encoder, self.decoder = make_networks(
         cfg.num_components, cfg.hidden_units, cfg.latent_dim, cfg.eps_mode, cfg.seed,
-        num_pixels=num_pixels, **({'mixed_precision': True} if cfg.mixed_precision else {}))
-    self.component_vars = self.encoder.component_variables
+        num_pixels=num_pixels, **extra)
+    # iaf / hf: the flow that turns the encoder's Gaussian into the posterior,
+    # trained with the encoder on the flow's ELBO. None for other methods.
+    self.flow = None
+    if cfg.method in config_lib.FLOW_METHODS:
+      features = self.encoder(tf.zeros([1, num_pixels])).features  # [1, 1, H]
+      self.flow = flows.build_flow(cfg.method, cfg.flow_steps, cfg.latent_dim,
+                                   context_dim=int(features.shape[-1]),
+                                   hidden_units=cfg.flow_hidden_units, seed=cfg.seed + 2000)
+    self.component_vars = self.encoder.component_variables + (
+        self.flow.trainable_variables if self.flow is not None else [])
     self.mixture_vars = self.decoder.trainable_variables + self.encoder.weight_variables
     self.all_vars = self.component_vars + self.mixture_vars
     # Variables with one slice per component (leading axis M): frozen slice-wise
     # under `freeze_earlier`.
-    self._sliced_vars = self.component_vars + self.encoder.weight_variables
+    self._sliced_vars = self.encoder.component_variables + self.encoder.weight_variables
     self.optimizer = keras.optimizers.Adam(cfg.learning_rate)
     self.optimizer.build(self.all_vars)
 
@@ -141,9 +157,11 @@ class Trainer:
                                   dtype=tf.int32, trainable=False, name='num_active')
     self.best_validation = tf.Variable(-np.inf, dtype=tf.float64, trainable=False,
                                        name='best_validation_elbo')
+    posterior_parts = {'flow': self.flow} if self.flow is not None else {}
     self.checkpoint = tf.train.Checkpoint(
         encoder=self.encoder, decoder=self.decoder, optimizer=self.optimizer,
-        step=self.step, num_active=self.num_active, best_validation=self.best_validation)
+        step=self.step, num_active=self.num_active, best_validation=self.best_validation,
+        **posterior_parts)
     self.manager = tf.train.CheckpointManager(
         self.checkpoint, os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=3)
     # The selected model: networks and the state they were selected in.
@@ -151,7 +169,7 @@ class Trainer:
     self._best_active = tf.Variable(1, dtype=tf.int32, trainable=False)
     self.best_checkpoint = tf.train.Checkpoint(
         encoder=self.encoder, decoder=self.decoder, step=self._best_step,
-        num_active=self._best_active)
+        num_active=self._best_active, **posterior_parts)
     self.best_manager = tf.train.CheckpointManager(
         self.best_checkpoint, os.path.join(workdir, BEST_DIR), max_to_keep=1)
 
@@ -215,6 +233,14 @@ class Trainer:
         refine_noise = self._refine_noise(x)
       grads, terms = self._refined_gradients(x, num_active, noise, refine_noise)
       return self._apply(grads, terms, frozen)
+    if self.flow is not None:
+      # iaf / hf: encoder, flow and decoder all on the flow posterior's ELBO.
+      with tf.GradientTape() as tape:
+        enc = self.encoder(x)
+        terms = objective.flow_terms(self._log_p_x_given_z_fn(x), enc.loc, enc.scale,
+                                     enc.features, self.flow, noise)
+        loss = -tf.reduce_mean(terms.mixture_elbo)
+      return self._apply(tape.gradient(loss, self.all_vars), terms, frozen)
     with tf.GradientTape(persistent=True) as tape:
       enc = self.encoder(x)
       # Frozen components' weights stay put (freeze_earlier); others train.
@@ -334,7 +360,7 @@ class Trainer:
     previous = int(self.num_active.numpy())
     self.num_active.assign(num_active)
     if self.cfg.warm_start and num_active == previous + 1 and previous >= 1:
-      for var in self.component_vars:
+      for var in self.encoder.component_variables:
         value = var.numpy()
         value[previous] = value[previous - 1]
         var.assign(value)
@@ -439,7 +465,7 @@ def train(cfg: config_lib.Config, workdir: str, *,
   # XLA-compile) the validation step every epoch.
   # savae / vae_svi are validated (and selected) with their refined posterior.
   valid_evaluator = likelihood.Evaluator(trainer.encoder, trainer.decoder, xla=cfg.xla,
-                                         refine=trainer.refine)
+                                         refine=trainer.refine, flow=trainer.flow)
   writer = tf.summary.create_file_writer(os.path.join(workdir, SUMMARY_DIR))
   train_seconds = sum(h.get('epoch_seconds', 0.0) for h in history)
   start_epoch = step // spe

@@ -110,7 +110,7 @@ def test_refined_posterior_zero_steps_is_the_encoder_and_steps_raise_the_elbo():
   # The refined posterior is the evaluator's posterior everywhere: encode and ELBO agree.
   ev = likelihood.Evaluator(encoder, decoder, xla=False, refine=_refine_fn(decoder, 10))
   x = next(iter(data))
-  _, loc, scale = ev._encode(x, tf.constant(1))
+  _, loc, scale, _ = ev._encode(x, tf.constant(1))
   enc = encoder(x)
   assert not np.allclose(loc.numpy(), enc.loc.numpy())
   assert trainer_lib.make_refine_fn(config_lib.Config(), decoder) is None  # rme: no refinement
