@@ -69,7 +69,8 @@ NUM_BINS = 256
 MIN_LOG_SCALE = -7.0
 MAX_LOG_SCALE = 7.0
 
-LIKELIHOODS = ('bernoulli', 'logistic', 'logistic_mixture')
+# 'discretized_logistic' (the name `datasets.DatasetSpec.likelihood` uses) is 'logistic'.
+LIKELIHOODS = ('bernoulli', 'logistic', 'discretized_logistic', 'logistic_mixture')
 
 
 def bits_per_dim(nats, num_dims: int):
@@ -194,7 +195,7 @@ Likelihood = Union[Bernoulli, DiscretizedLogistic]
 
 def get(likelihood: Union[str, Likelihood], *, num_mixtures: int = 5,
         x_max: float = 255.0) -> Likelihood:
-  """A likelihood by name ('bernoulli', 'logistic', 'logistic_mixture'), or the object itself.
+  """A likelihood by name (LIKELIHOODS), or the object itself.
 
   Args:
     likelihood: a name in LIKELIHOODS or a likelihood object (returned as is).
@@ -208,7 +209,7 @@ def get(likelihood: Union[str, Likelihood], *, num_mixtures: int = 5,
     return likelihood
   if likelihood == 'bernoulli':
     return Bernoulli()
-  if likelihood == 'logistic':
+  if likelihood in ('logistic', 'discretized_logistic'):
     return DiscretizedLogistic(1, x_max)
   if likelihood == 'logistic_mixture':
     return DiscretizedLogistic(num_mixtures, x_max)

@@ -175,6 +175,7 @@ def test_mean_and_bernoulli_and_names():
   np.testing.assert_allclose(bern.log_prob_of_params(x, logits).numpy(),
                              networks.bernoulli_log_prob(x, logits).numpy())
   assert likelihoods.get('logistic').params_per_dim == 2
+  assert likelihoods.get('discretized_logistic').params_per_dim == 2  # datasets' name
   assert likelihoods.get('logistic_mixture', num_mixtures=4).params_per_dim == 12
   assert likelihoods.get(lik) is lik
   with pytest.raises(ValueError, match='gaussian'):
