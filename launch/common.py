@@ -34,6 +34,13 @@ def define_config_flags() -> None:
   flags.DEFINE_integer('latent_dim', d.latent_dim, 'D, latent dimensions.')
   flags.DEFINE_string('network', d.network,
                       'Dense network size: small (2x200 hidden) or large (2x500 hidden).')
+  flags.DEFINE_integer('encoder_hidden_units', d.encoder_hidden_units,
+                       'Width of every encoder hidden layer (0: the network size\'s width); the '
+                       'capacity-matched VAE uses it (launch/reproduce.py computes the width).')
+  flags.DEFINE_integer('flow_steps', d.flow_steps,
+                       'iaf and hf: number of IAF steps or Householder reflections.')
+  flags.DEFINE_integer('flow_hidden_units', d.flow_hidden_units,
+                       'iaf: hidden units of each step\'s autoregressive (MADE) network.')
   flags.DEFINE_float('kl_weight', d.kl_weight,
                      'lambda in [0, 1): weight of KL(q_m || Q_{m-1}) in the component objective.')
   flags.DEFINE_float('prior_floor', d.prior_floor,

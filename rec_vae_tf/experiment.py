@@ -37,15 +37,15 @@ RESULTS_FILE = 'results.json'
 def method_config(base: config_lib.Config, method: str) -> config_lib.Config:
   """The base config for `method`, all else equal.
 
-  vae, iwae, savae and vae_svi have one encoder; iwae gets the sample budget
+  vae, iwae, savae, vae_svi, iaf and hf have one encoder; iwae gets the sample budget
   of the mixture methods (num_components samples per step, one decoder pass
   each); mixture trains all components at once.
   """
-  if method in ('vae', 'savae', 'vae_svi'):
-    return base.replace(method=method, num_components=1).validate()
   if method == 'iwae':
     return base.replace(method='iwae', num_components=1,
                         num_train_samples=base.num_components * base.num_train_samples).validate()
+  if method in config_lib.SINGLE_ENCODER_METHODS:  # vae, savae, vae_svi, iaf, hf
+    return base.replace(method=method, num_components=1).validate()
   if method == 'mixture':
     return base.replace(method='mixture', schedule='simultaneous').validate()
   return base.replace(method=method).validate()
@@ -166,8 +166,8 @@ def run_comparison(base: config_lib.Config, workdir: str, *,
         'mixture_weights': ev['mixture_weights'],
         'weight_entropy': ev['weight_entropy'],
         'num_test_examples': ev['num_examples'],
-        'num_parameters': networks.count_parameters(tr.encoder, tr.decoder),
-        'num_encoder_parameters': networks.count_parameters(tr.encoder),
+        'num_parameters': tr.num_parameters(),
+        'num_encoder_parameters': tr.num_parameters(encoder_only=True),
         'train_seconds': result.train_seconds,
         'seconds_per_epoch': result.train_seconds / epochs_done,
         'epochs': cfg.epochs,

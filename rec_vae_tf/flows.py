@@ -26,7 +26,7 @@ Shapes: N any leading sample/batch axes, B batch, D latent size, H features.
 """
 
 import functools
-from typing import Sequence, Tuple
+from typing import Tuple
 
 import keras
 import numpy as np
@@ -170,17 +170,3 @@ def build_flow(method: str, num_steps: int, latent_dim: int, context_dim: int,
   z = tf.zeros([1, latent_dim])
   flow(z, tf.zeros([1, context_dim]))  # creates every variable
   return flow
-
-
-def flow_log_q(flow, z0, log_q0, context):
-  """Pushes z_0 through the flow: returns (z_T, log q_T(z_T|x) = log q_0(z_0) - log|det|)."""
-  z, log_det = flow(z0, context)
-  return z, log_q0 - log_det
-
-
-def flow_parameter_count(flow) -> int:
-  return networks.count_parameters(flow)
-
-
-def context_dim_of(hidden_units: Sequence[int]) -> int:
-  return int(hidden_units[-1])

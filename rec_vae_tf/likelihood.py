@@ -68,14 +68,15 @@ def _encode(encoder, x, num_active, refine=None, flow=None) -> Posterior:
 def _infer(encoder, x, num_active, refine=None, flow=None):
   """What a method computes per test batch before any sampling: the timed pass.
 
-  The posterior's parameters; flows also push the mean through the flow (the
-  cost of one flow sample per example).
+  The posterior's parameters (all of them are returned, so no part of the
+  pass, e.g. savae's refinement steps, can be pruned away); flows also push
+  the mean through the flow (the cost of one flow sample per example).
   """
   post = _encode(encoder, x, num_active, refine, flow)
   if flow is None:
-    return post.log_alpha
+    return post.log_alpha, post.loc, post.scale
   z, _ = flow(post.loc[:, 0], post.context)  # [B, D]
-  return z
+  return post.log_alpha, z
 
 
 def draw_proposal_noise(log_alpha, num_samples, latent_dim, seed):
@@ -338,10 +339,10 @@ def encoder_time_ms(ev: Evaluator, dataset, num_active, repeats: int = 20) -> fl
   `flow` (iaf, hf): the test-time cost of each method.
   """
   x = next(iter(dataset))
-  ev._infer(x, num_active).numpy()  # warm-up / compile
+  [t.numpy() for t in ev._infer(x, num_active)]  # warm-up / compile
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    ev._infer(x, num_active).numpy()
+    [t.numpy() for t in ev._infer(x, num_active)]  # pylint: disable=expression-not-assigned
     times.append((time.perf_counter() - start) * 1e3)
   return float(np.median(times))

@@ -91,3 +91,48 @@ def save_weights(names: Sequence[str], weights: Sequence[Sequence[float]], path:
   else:
     ax.set_title('no mixture method in this run')
   return _save(fig, path)
+
+
+def save_ll_vs_components(summary: Sequence[dict], path: str, display: Dict[str, str]) -> str:
+  """Test log-likelihood (mean, std error bars over seeds) against M, per variant with several M.
+
+  Single-encoder variants appear as one point at M = 1 (the VAE) or are left out.
+  """
+  fig, ax = plt.subplots(figsize=(6, 4))
+  by_variant: Dict[str, list] = {}
+  for s in summary:
+    by_variant.setdefault(s['variant'], []).append(s)
+  for i, (variant, entries) in enumerate(by_variant.items()):
+    if len(entries) < 2 and variant != 'vae':
+      continue
+    entries = sorted(entries, key=lambda s: s['num_components'])
+    m = [s['num_components'] for s in entries]
+    ll = [s['log_likelihood'] for s in entries]
+    err = [0.0 if np.isnan(s['log_likelihood_std']) else s['log_likelihood_std'] for s in entries]
+    ax.errorbar(m if variant != 'vae' else [1], ll, yerr=err, marker='o', capsize=3,
+                color=f'C{i}', label=display.get(variant, variant))
+  ax.set_xlabel('number of components M')
+  ax.set_ylabel('test log p(x) (nats, higher is better)')
+  ax.grid(alpha=0.3)
+  ax.legend()
+  return _save(fig, path)
+
+
+def save_ll_vs_time(summary: Sequence[dict], path: str, display: Dict[str, str]) -> str:
+  """Test log-likelihood against inference time per batch (log scale): one point per
+  (variant, M), labelled with M for the mixtures."""
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for i, s in enumerate(summary):
+    label = display.get(s['variant'], s['variant'])
+    if s['num_components'] > 1:
+      label += f' (M={s["num_components"]})'
+    err = 0.0 if np.isnan(s['log_likelihood_std']) else s['log_likelihood_std']
+    ax.errorbar([s['inference_ms_per_batch']], [s['log_likelihood']], yerr=[err], marker='o',
+                capsize=3, color=f'C{i % 10}')
+    ax.annotate(label, (s['inference_ms_per_batch'], s['log_likelihood']), fontsize=7,
+                xytext=(4, 3), textcoords='offset points')
+  ax.set_xscale('log')
+  ax.set_xlabel('inference time per test batch (ms, log scale)')
+  ax.set_ylabel('test log p(x) (nats, higher is better)')
+  ax.grid(alpha=0.3, which='both')
+  return _save(fig, path)

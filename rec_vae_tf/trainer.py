@@ -365,6 +365,11 @@ class Trainer:
         value[previous] = value[previous - 1]
         var.assign(value)
 
+  def num_parameters(self, encoder_only: bool = False) -> int:
+    """Trainable parameters of the posterior (encoders, flow) and, unless encoder_only, the decoder."""
+    layers = [self.encoder] + ([self.flow] if self.flow is not None else [])
+    return networks.count_parameters(*layers, *([] if encoder_only else [self.decoder]))
+
   def trainable_from(self) -> int:
     """Components below this index are frozen (freeze_earlier only)."""
     if self.cfg.schedule == 'freeze_earlier':
@@ -471,7 +476,7 @@ def train(cfg: config_lib.Config, workdir: str, *,
   start_epoch = step // spe
   first_step = step
   wall_start = time.perf_counter()
-  num_params = networks.count_parameters(trainer.encoder, trainer.decoder)
+  num_params = trainer.num_parameters()
   if step < total_steps:
     log(f'training {cfg.method} (M={cfg.num_components}, {num_params:,} parameters) for '
         f'{cfg.epochs} epochs x {spe} steps on {len(splits.train)} images')

@@ -168,7 +168,7 @@ def test_flow_run_trains_checkpoints_and_evaluates_with_its_flow(method, tmp_pat
   terms = objective.flow_terms(lambda z: tr.decoder.log_prob(x, z), post.loc, post.scale,
                                tr.encoder(x).features, tr.flow, eps[:, :, None, :])
   np.testing.assert_allclose(log_w.numpy()[0], terms.mixture_elbo.numpy(), rtol=1e-5, atol=1e-4)
-  assert with_flow._infer(x, tf.constant(1)).shape == (x.shape[0], D)
+  assert with_flow._infer(x, tf.constant(1))[1].shape == (x.shape[0], D)
 
 
 def test_capacity_matched_encoder_is_wider_and_the_decoder_is_not(tmp_path):

@@ -1,0 +1,108 @@
+r"""The paper's comparison in one command: every method, a component axis, seeds, ablations.
+
+  python -m launch.reproduce --preset=quick --workdir=runs/quick         # ~30 min, 2 CPU cores
+  python -m launch.reproduce --preset=quick --ablation --workdir=runs/ablation
+  python -m launch.reproduce --preset=paper --workdir=runs/paper         # full length, for a GPU
+  python -m launch.reproduce --preset=quick --methods=rme,vae --seeds=1 --workdir=runs/two
+
+Methods (rows): rme, vae, vae_matched (a VAE whose one encoder has about as
+many parameters as RME's M encoders), mixture, boosted, savae, vae_svi
+(vae+svi), iaf, hf, iwae; RME also at every M of the preset's component grid.
+Each cell (method, M, seed) trains through the same trainer and is evaluated
+on the test set by importance sampling. With --ablation the grid is instead
+RME's ablations (lambda, delta, eps mode, schedule, warm start, M, KL versus
+entropy), each evaluated on the validation set.
+
+Presets:
+  quick  5 epochs of all 50,000 training images, a new component every half
+         epoch, seeds 0 and 1, K = 500 on the first 5,000 test images
+         (2,000 validation images for --ablation).
+  paper  200 epochs, a new component every 20 epochs, seeds 0, 1, 2, M in
+         1, 2, 3, 4, 6, 8, K = 5000 on all 10,000 test images.
+
+Writes into --workdir: cells.json, cells.csv (every cell), table.md (mean ±
+std over seeds) or ablation.md, ll_vs_components.png, ll_vs_inference_time.png,
+samples.png, reconstructions.png; training runs live in runs/, finished cells
+in cells/. Rerunning the same command trains nothing that is finished.
+"""
+
+import dataclasses
+import logging
+
+from absl import app
+from absl import flags
+
+from launch import common
+
+flags.DEFINE_string('preset', 'quick', 'Grid and training length: quick or paper.')
+flags.DEFINE_string('workdir', 'runs/reproduce', 'Output directory (resumed if it exists).')
+flags.DEFINE_string('data_dir', 'data/mnist', 'Directory with mnist.npz (./run.sh prepares it).')
+flags.DEFINE_list('methods', None, 'Methods to run (default: all of the preset).')
+flags.DEFINE_integer('seeds', None, 'Use seeds 0..N-1 (default: the preset\'s).')
+flags.DEFINE_list('components', None, 'RME\'s component grid, e.g. 2,4,8 (default: the preset\'s).')
+flags.DEFINE_boolean('ablation', False, 'Run RME\'s ablation grid on the validation set instead.')
+flags.DEFINE_integer('epochs', None, 'Override the preset\'s epochs.')
+flags.DEFINE_integer('num_importance_samples', None, 'Override the preset\'s K.')
+flags.DEFINE_integer('test_examples', None,
+                     'Override the preset\'s number of test (or, with --ablation, validation) '
+                     'images (0: all).')
+flags.DEFINE_integer('train_examples', None, 'Use only the first N training images (smoke runs).')
+flags.DEFINE_boolean('xla', True, 'Compile training and evaluation with XLA.')
+FLAGS = flags.FLAGS
+
+
+def _positive(name, value, low=1):
+  if value is not None and value < low:
+    raise common.errors.ConfigError(f'invalid flag: {name}={value}; allowed: an integer >= {low}')
+
+
+def main(argv):
+  del argv
+  from rec_vae_tf import config as config_lib  # light: no TensorFlow
+  from rec_vae_tf import grid  # light until a cell runs
+  if FLAGS.preset not in grid.PRESETS:
+    raise common.errors.ConfigError(
+        f'invalid flag: preset={FLAGS.preset!r}; allowed: one of {", ".join(grid.PRESETS)}')
+  preset = grid.PRESETS[FLAGS.preset]
+  _positive('seeds', FLAGS.seeds)
+  _positive('epochs', FLAGS.epochs)
+  _positive('num_importance_samples', FLAGS.num_importance_samples)
+  _positive('test_examples', FLAGS.test_examples, 0)
+  _positive('train_examples', FLAGS.train_examples, 0)
+  try:
+    components = [int(c) for c in FLAGS.components] if FLAGS.components is not None else None
+  except ValueError:
+    raise common.errors.ConfigError(
+        f'invalid flag: components={",".join(FLAGS.components)}; allowed: integers') from None
+  changes = {k: v for k, v in (('epochs', FLAGS.epochs),
+                               ('num_importance_samples', FLAGS.num_importance_samples),
+                               ('train_examples', FLAGS.train_examples)) if v is not None}
+  if FLAGS.test_examples is not None:
+    changes['test_examples' if not FLAGS.ablation else 'valid_examples'] = FLAGS.test_examples
+  preset = dataclasses.replace(preset, **changes)
+  base = config_lib.Config(data_dir=FLAGS.data_dir, xla=FLAGS.xla,
+                           num_importance_samples=preset.num_importance_samples)
+  cells = grid.plan(base, preset, ablation=FLAGS.ablation, variants=FLAGS.methods,
+                    seeds=range(FLAGS.seeds) if FLAGS.seeds else None, component_grid=components)
+  common.check_data_dir(FLAGS.data_dir)
+  common.log(f'preset {FLAGS.preset}: {preset.description}')
+  from rec_vae_tf import data as data_lib  # pylint: disable=g-import-not-at-top  (TF loads here)
+  from rec_vae_tf import networks  # pylint: disable=g-import-not-at-top
+  # Every cell builds its own compiled functions by design; TensorFlow's
+  # "retracing" warnings about that are noise here.
+  logging.getLogger('tensorflow').setLevel(logging.ERROR)
+  rows = grid.run_grid(cells, FLAGS.workdir, num_importance_samples=preset.num_importance_samples,
+                       test_examples=preset.test_examples, valid_examples=preset.valid_examples,
+                       load_data=data_lib.load_mnist, make_networks=networks.build_networks,
+                       log=common.log)
+  reports = grid.write_reports(rows, FLAGS.workdir)
+  if not FLAGS.ablation:
+    grid.save_pictures(rows, FLAGS.workdir, num_components=preset.num_components,
+                       make_networks=networks.build_networks)
+  for name, text in reports.items():
+    common.log(f'\n{name}:\n{text}')
+  common.log(f'wrote {", ".join(reports)}, cells.json, cells.csv and the plots to {FLAGS.workdir}')
+
+
+if __name__ == '__main__':
+  app.run(common.run(main))

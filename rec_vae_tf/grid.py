@@ -1,0 +1,420 @@
+"""The paper's comparison as a grid of cells: methods x components x seeds (launch/reproduce.py).
+
+A *cell* is one trained model evaluated on one split: (variant, M, seed,
+config overrides, split). Every cell goes through the same data, decoder,
+trainer, checkpointing and evaluation (`trainer.train`, `likelihood.evaluate`).
+
+  * Training directories are keyed by the full config (`runs/<name>-<hash>`),
+    so two cells with the same config share one training (the ablation's
+    default cell is the main grid's RME cell when the lengths agree), and an
+    interrupted training resumes where it stopped.
+  * A finished cell writes `cells/<cell id>.json` atomically; a rerun reuses
+    it and trains nothing (resumable grid).
+  * The main grid is evaluated on the test split (importance-sampled log p(x)
+    with K samples, test ELBO), the ablation grid on the validation split:
+    defaults are chosen by validation log-likelihood, never on the test set.
+
+Outputs in the grid's workdir: cells.json and cells.csv (one row per cell),
+table.md (mean +- std over seeds per variant and M), ablation.md, and the
+plots ll_vs_components.png, ll_vs_inference_time.png, samples.png,
+reconstructions.png.
+"""
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from rec_vae_tf import config as config_lib
+from rec_vae_tf import data as data_lib
+from rec_vae_tf import errors
+
+# variant -> the method it trains (the capacity-matched VAE is a vae with a wider encoder).
+VARIANTS = {
+    'rme': 'rme',
+    'vae': 'vae',
+    'vae_matched': 'vae',
+    'mixture': 'mixture',
+    'boosted': 'boosted',
+    'savae': 'savae',
+    'vae_svi': 'vae_svi',
+    'iaf': 'iaf',
+    'hf': 'hf',
+    'iwae': 'iwae',
+}
+DISPLAY = {'vae_matched': 'vae (capacity-matched)', 'vae_svi': 'vae+svi'}
+# Variants with a mixture of M encoders: the ones the component axis applies to.
+MIXTURE_VARIANTS = ('rme', 'mixture', 'boosted')
+
+# The ablation grid (on RME, validation split): axis -> values tried besides the default.
+ABLATIONS = {
+    'kl_weight': (0.0, 0.3, 0.5),
+    'prior_floor': (0.0, 0.2),
+    'eps_mode': ('global', 'fixed'),
+    'schedule': ('freeze_earlier', 'simultaneous'),
+    'warm_start': (False,),
+    'num_components': (1, 2, 8),
+    'component_objective': ('entropy',),  # KL (rme) versus entropy (boosted)
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """A grid's shape and training length."""
+  description: str
+  variants: Tuple[str, ...]
+  num_components: int                 # M of the mixture variants in the method table
+  component_grid: Tuple[int, ...]     # extra M values for RME (log-likelihood against M)
+  seeds: Tuple[int, ...]
+  epochs: int
+  epochs_per_component: float
+  num_importance_samples: int
+  test_examples: int                  # 0: the whole test set
+  valid_examples: int                 # validation images of the ablation grid
+  train_examples: int = 0             # 0: all 50,000
+
+
+ALL_VARIANTS = tuple(VARIANTS)
+PRESETS = {
+    'quick': Preset(
+        description='a smoke check of every method on this CPU (about 30 minutes on 2 cores)',
+        variants=ALL_VARIANTS, num_components=4, component_grid=(2, 4, 8), seeds=(0, 1),
+        epochs=5, epochs_per_component=0.5, num_importance_samples=500, test_examples=5000,
+        valid_examples=2000),
+    'paper': Preset(
+        description='full length, K = 5000 on the whole test set; meant for a GPU',
+        variants=ALL_VARIANTS, num_components=4, component_grid=(1, 2, 3, 4, 6, 8),
+        seeds=(0, 1, 2), epochs=200, epochs_per_component=20.0,
+        num_importance_samples=5000, test_examples=0, valid_examples=10000),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  variant: str
+  config: config_lib.Config
+  split: str                 # 'test' (method table) or 'valid' (ablation)
+  ablation: str = ''         # 'axis=value', 'default' or '' (not an ablation cell)
+
+  @property
+  def cell_id(self) -> str:
+    tag = self.ablation or self.variant
+    return f'{self.split}__{tag}__M{self.config.num_components}__s{self.config.seed}'
+
+
+# ------------------------------------------------------------------ capacity
+def encoder_parameters(num_pixels: int, hidden: Sequence[int], latent_dim: int,
+                       num_components: int, eps_mode: str) -> int:
+  """Trainable parameters of `networks.MixtureEncoder` (dense), in closed form."""
+  per, width = 0, num_pixels
+  for h in hidden:
+    per += width * h + h
+    width = h
+  per += 2 * (width * latent_dim + latent_dim)  # loc and scale heads
+  if eps_mode == 'amortized':
+    per += width + 1
+  elif eps_mode == 'global':
+    per += 1
+  return num_components * per
+
+
+def matched_encoder_width(cfg: config_lib.Config, num_pixels: int = data_lib.NUM_PIXELS) -> int:
+  """Hidden width of one encoder with about as many parameters as cfg's M encoders."""
+  target = encoder_parameters(num_pixels, cfg.hidden_units, cfg.latent_dim, cfg.num_components,
+                              cfg.eps_mode)
+  layers = len(cfg.hidden_units)
+  count = lambda w: encoder_parameters(num_pixels, (w,) * layers, cfg.latent_dim, 1, cfg.eps_mode)
+  low, high = 1, 1
+  while count(high) < target:
+    high *= 2
+  while high - low > 1:  # smallest width with count >= target
+    mid = (low + high) // 2
+    low, high = (mid, high) if count(mid) < target else (low, mid)
+  return min((low, high), key=lambda w: abs(count(w) - target))
+
+
+# ---------------------------------------------------------------------- plan
+def variant_config(base: config_lib.Config, variant: str, num_components: int,
+                   seed: int) -> config_lib.Config:
+  """The config of `variant` at M components (mixture variants) and `seed`."""
+  from rec_vae_tf import experiment  # pylint: disable=g-import-not-at-top
+  if variant not in VARIANTS:
+    raise errors.ConfigError(f'invalid variant {variant!r}; allowed: {", ".join(VARIANTS)}')
+  cfg = base.replace(num_components=num_components, seed=seed)
+  if variant == 'vae_matched':
+    width = matched_encoder_width(cfg.replace(method='rme'))
+    return experiment.method_config(cfg, 'vae').replace(encoder_hidden_units=width).validate()
+  return experiment.method_config(cfg, VARIANTS[variant])
+
+
+def plan(base: config_lib.Config, preset: Preset, *, ablation: bool = False,
+         variants: Optional[Sequence[str]] = None, seeds: Optional[Sequence[int]] = None,
+         component_grid: Optional[Sequence[int]] = None) -> List[Cell]:
+  """Every cell of the grid, validated, in run order."""
+  base = base.replace(epochs=preset.epochs, epochs_per_component=preset.epochs_per_component,
+                      num_components=preset.num_components,
+                      train_examples=preset.train_examples or base.train_examples)
+  seeds = tuple(seeds if seeds is not None else preset.seeds)
+  cells = []
+  if ablation:
+    for seed in seeds:
+      default = variant_config(base.replace(method='rme'), 'rme', preset.num_components, seed)
+      cells.append(Cell('rme', default, 'valid', 'default'))
+      for axis, values in ABLATIONS.items():
+        for value in values:
+          if axis == 'component_objective':
+            cfg = variant_config(default, 'boosted', default.num_components, seed)
+          else:
+            cfg = default.replace(**{axis: value}).validate()
+          cells.append(Cell('rme', cfg, 'valid', f'{axis}={value}'))
+    return cells
+  variants = tuple(variants or preset.variants)
+  for variant in variants:
+    if variant not in VARIANTS:
+      raise errors.ConfigError(f'invalid method {variant!r}; allowed: {", ".join(VARIANTS)}')
+  grid = sorted(set(component_grid if component_grid is not None else preset.component_grid)
+                | {preset.num_components})
+  for seed in seeds:
+    for variant in variants:
+      ms = grid if variant == 'rme' else [preset.num_components]
+      for m in ms:
+        cells.append(Cell(variant, variant_config(base, variant, m, seed), 'test'))
+  return cells
+
+
+def run_name(cfg: config_lib.Config) -> str:
+  """Training directory name: readable prefix and a hash of the whole config."""
+  digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+  return f'{cfg.method}-M{cfg.num_components}-s{cfg.seed}-{digest}'
+
+
+# ----------------------------------------------------------------------- run
+def run_cell(cell: Cell, workdir: str, *, num_importance_samples: int, examples: int,
+             load_data: Callable, make_networks: Callable, log: Callable[[str], None],
+             eval_seed: int = 0) -> Dict:
+  """Trains (or resumes) the cell's model and evaluates it on its split; returns its row."""
+  from rec_vae_tf import likelihood  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  cfg = cell.config
+  run_dir = os.path.join(workdir, 'runs', run_name(cfg))
+  result = trainer_lib.train(cfg, run_dir, load_data=load_data, make_networks=make_networks,
+                             log=log)
+  tr = result.trainer
+  images = result.splits.test if cell.split == 'test' else result.splits.valid
+  images = images[:examples] if examples else images
+  dataset = data_lib.make_eval_dataset(images, batch_size=cfg.eval_batch_size, seed=eval_seed)
+  start = time.perf_counter()
+  ev = likelihood.evaluate(tr.encoder, tr.decoder, dataset, tr.num_active.numpy(),
+                           num_samples=num_importance_samples, chunk=cfg.eval_chunk,
+                           seed=eval_seed, xla=cfg.xla, refine=tr.refine, flow=tr.flow)
+  epochs_done = max(len(result.history), 1)
+  return {
+      'cell': cell.cell_id,
+      'variant': cell.variant,
+      'method': cfg.method,
+      'ablation': cell.ablation,
+      'split': cell.split,
+      'num_components': cfg.num_components,
+      'seed': cfg.seed,
+      'log_likelihood': ev['test_log_likelihood'],
+      'elbo': ev['test_elbo'],
+      'num_importance_samples': ev['num_importance_samples'],
+      'num_examples': ev['num_examples'],
+      'num_parameters': tr.num_parameters(),
+      'num_encoder_parameters': tr.num_parameters(encoder_only=True),
+      'train_seconds': result.train_seconds,
+      'seconds_per_epoch': result.train_seconds / epochs_done,
+      'inference_ms_per_batch': ev['encoder_ms_per_batch'],
+      'eval_batch_size': cfg.eval_batch_size,
+      'eval_seconds': time.perf_counter() - start,
+      'weight_entropy': ev['weight_entropy'],
+      'mixture_weights': ev['mixture_weights'],
+      'best_validation_elbo': float(tr.best_validation.numpy()),
+      'run_dir': os.path.relpath(run_dir, workdir),
+      'config': cfg.to_dict(),
+  }
+
+
+def run_grid(cells: Sequence[Cell], workdir: str, *, num_importance_samples: int,
+             test_examples: int, valid_examples: int, load_data: Callable,
+             make_networks: Callable, log: Callable[[str], None] = print) -> List[Dict]:
+  """Runs every unfinished cell (finished ones are read back); returns all rows."""
+  from rec_vae_tf import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  trainer_lib.check_workdir(workdir)
+  os.makedirs(os.path.join(workdir, 'cells'), exist_ok=True)
+  rows, start = [], time.perf_counter()
+  done_before = sum(os.path.exists(_cell_path(workdir, c)) for c in cells)
+  log(f'{len(cells)} cells, {done_before} already finished')
+  for i, cell in enumerate(cells):
+    path = _cell_path(workdir, cell)
+    if os.path.exists(path):
+      with open(path) as f:
+        row = json.load(f)
+      if row.get('config') == cell.config.to_dict():
+        rows.append(row)
+        continue
+      log(f'{path} was written for another config; running the cell again')
+    tag = cell.ablation or cell.variant
+    log(f'[{i + 1}/{len(cells)}] {tag} M={cell.config.num_components} seed={cell.config.seed} '
+        f'({cell.split}; {time.perf_counter() - start:.0f}s into this run)')
+    row = run_cell(cell, workdir, num_importance_samples=num_importance_samples,
+                   examples=test_examples if cell.split == 'test' else valid_examples,
+                   load_data=load_data, make_networks=make_networks,
+                   log=lambda s, t=tag: log(f'  [{t}] {s}'))
+    config_lib.write_json_atomic(path, row)
+    log(f'  [{tag}] {cell.split} log p(x) {row["log_likelihood"]:.2f}, ELBO {row["elbo"]:.2f}, '
+        f'{row["seconds_per_epoch"]:.1f} s/epoch, {row["inference_ms_per_batch"]:.2f} ms/batch')
+    rows.append(row)
+  return rows
+
+
+def _cell_path(workdir: str, cell: Cell) -> str:
+  return os.path.join(workdir, 'cells', cell.cell_id + '.json')
+
+
+# ------------------------------------------------------------------- reports
+CSV_FIELDS = ('cell', 'variant', 'method', 'ablation', 'split', 'num_components', 'seed',
+              'log_likelihood', 'elbo', 'num_importance_samples', 'num_examples',
+              'num_parameters', 'num_encoder_parameters', 'train_seconds', 'seconds_per_epoch',
+              'inference_ms_per_batch', 'eval_batch_size', 'weight_entropy',
+              'best_validation_elbo', 'run_dir')
+
+
+def write_rows(rows: Sequence[Dict], workdir: str, stem: str = 'cells') -> None:
+  config_lib.write_json_atomic(os.path.join(workdir, stem + '.json'), list(rows))
+  tmp = os.path.join(workdir, stem + '.csv.tmp')
+  with open(tmp, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction='ignore')
+    writer.writeheader()
+    writer.writerows(rows)
+  os.replace(tmp, os.path.join(workdir, stem + '.csv'))
+
+
+def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
+  values = np.asarray(values, np.float64)
+  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
+def _pm(mean: float, std: float, digits: int = 2) -> str:
+  if math.isnan(std):
+    return f'{mean:.{digits}f}'
+  return f'{mean:.{digits}f} ± {std:.{digits}f}'
+
+
+def summarize(rows: Sequence[Dict], key=('variant', 'num_components')) -> List[Dict]:
+  """Mean and std over seeds of each group of rows (grouped by `key`), in first-seen order."""
+  groups: Dict[tuple, List[Dict]] = {}
+  for r in rows:
+    groups.setdefault(tuple(r[k] for k in key), []).append(r)
+  out = []
+  for k, rs in groups.items():
+    entry = dict(zip(key, k))
+    entry['seeds'] = len(rs)
+    for field in ('log_likelihood', 'elbo', 'seconds_per_epoch', 'inference_ms_per_batch'):
+      entry[field], entry[field + '_std'] = _mean_std([r[field] for r in rs])
+    entry['num_parameters'] = rs[0]['num_parameters']
+    entry['num_importance_samples'] = rs[0]['num_importance_samples']
+    entry['num_examples'] = rs[0]['num_examples']
+    out.append(entry)
+  return out
+
+
+def method_table(rows: Sequence[Dict]) -> str:
+  """Markdown: one line per (variant, M), mean ± std over seeds."""
+  summary = summarize([r for r in rows if r['split'] == 'test'])
+  lines = ['| method | M | seeds | test log p(x) | test ELBO | parameters | s/epoch '
+           '| inference ms/batch |', '|---|---|---|---|---|---|---|---|']
+  for s in summary:
+    lines.append(
+        f'| {DISPLAY.get(s["variant"], s["variant"])} | {s["num_components"]} | {s["seeds"]} | '
+        f'{_pm(s["log_likelihood"], s["log_likelihood_std"])} | {_pm(s["elbo"], s["elbo_std"])} | '
+        f'{s["num_parameters"]:,} | {_pm(s["seconds_per_epoch"], s["seconds_per_epoch_std"], 1)} | '
+        f'{_pm(s["inference_ms_per_batch"], s["inference_ms_per_batch_std"])} |')
+  if summary:
+    lines.append('')
+    lines.append(f'log p(x): importance sampling with K = {summary[0]["num_importance_samples"]} '
+                 f'on {summary[0]["num_examples"]} test images; inference: median time of one '
+                 'posterior pass over a batch (refinement steps included for savae / vae+svi, '
+                 'one flow pass for iaf / hf).')
+  return '\n'.join(lines) + '\n'
+
+
+def ablation_table(rows: Sequence[Dict]) -> str:
+  """Markdown: validation log-likelihood per ablation setting, with the difference to the default."""
+  valid = [r for r in rows if r['split'] == 'valid']
+  summary = summarize(valid, key=('ablation',))
+  by_name = {s['ablation']: s for s in summary}
+  default = by_name.get('default')
+  lines = ['| setting | seeds | valid log p(x) | vs default | valid ELBO |',
+           '|---|---|---|---|---|']
+  for s in sorted(summary, key=lambda s: (s['ablation'] != 'default', s['ablation'])):
+    delta = s['log_likelihood'] - default['log_likelihood'] if default else math.nan
+    lines.append(f'| {s["ablation"]} | {s["seeds"]} | '
+                 f'{_pm(s["log_likelihood"], s["log_likelihood_std"])} | {delta:+.2f} | '
+                 f'{_pm(s["elbo"], s["elbo_std"])} |')
+  if default:
+    best = max(summary, key=lambda s: s['log_likelihood'])
+    lines.append('')
+    lines.append(f'Best by validation log p(x): {best["ablation"]} '
+                 f'({best["log_likelihood"] - default["log_likelihood"]:+.2f} nats vs the default); '
+                 f'K = {default["num_importance_samples"]} on {default["num_examples"]} validation images.')
+  return '\n'.join(lines) + '\n'
+
+
+def write_reports(rows: Sequence[Dict], workdir: str) -> Dict[str, str]:
+  """cells.json / cells.csv, table.md or ablation.md and the plots; returns the markdown."""
+  from rec_vae_tf import plots  # pylint: disable=g-import-not-at-top
+  write_rows(rows, workdir)
+  out = {}
+  if any(r['split'] == 'test' for r in rows):
+    out['table.md'] = method_table(rows)
+    summary = summarize([r for r in rows if r['split'] == 'test'])
+    plots.save_ll_vs_components(summary, os.path.join(workdir, 'll_vs_components.png'), DISPLAY)
+    plots.save_ll_vs_time(summary, os.path.join(workdir, 'll_vs_inference_time.png'), DISPLAY)
+  if any(r['split'] == 'valid' for r in rows):
+    out['ablation.md'] = ablation_table(rows)
+  for name, text in out.items():
+    tmp = os.path.join(workdir, name + '.tmp')
+    with open(tmp, 'w') as f:
+      f.write(text)
+    os.replace(tmp, os.path.join(workdir, name))
+  return out
+
+
+def save_pictures(rows: Sequence[Dict], workdir: str, *, num_components: int,
+                  make_networks: Callable, eval_seed: int = 0) -> None:
+  """samples.png and reconstructions.png: one row per method (first seed, default M)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf import experiment  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf import plots  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  picked = {}
+  for r in rows:
+    if r['split'] == 'test' and (r['variant'] not in MIXTURE_VARIANTS or
+                                 r['num_components'] == num_components):
+      picked.setdefault(r['variant'], r)
+  if not picked:
+    return
+  splits = data_lib.load_mnist(next(iter(picked.values()))['config']['data_dir'])
+  x = next(iter(data_lib.make_eval_dataset(splits.test[:16], batch_size=16, seed=eval_seed)))
+  side = int(round(math.sqrt(x.shape[1])))
+  recon, samples = {'data': x.numpy()}, {}
+  for variant, r in picked.items():
+    _, tr, _ = trainer_lib.restore_for_evaluation(os.path.join(workdir, r['run_dir']),
+                                                  make_networks=make_networks,
+                                                  num_pixels=x.shape[1])
+    name = DISPLAY.get(variant, variant)
+    recon[name] = tf.sigmoid(tr.decoder(experiment.posterior_sample(tr, x, eval_seed))).numpy()
+    z = tf.random.stateless_normal([32, tr.cfg.latent_dim], seed=[eval_seed, 2])
+    samples[name] = tf.sigmoid(tr.decoder(z)).numpy()
+  if side * side == x.shape[1]:
+    plots.save_images(recon, os.path.join(workdir, 'reconstructions.png'),
+                      'test images and reconstructions (decoder mean at z ~ q(z|x))')
+    plots.save_images(samples, os.path.join(workdir, 'samples.png'),
+                      'samples: decoder mean at z ~ p(z)')

@@ -1,0 +1,122 @@
+"""The reproduction grid: planning, capacity matching, resumable cells, tables and plots."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from rec_vae_tf import config as config_lib
+from rec_vae_tf import data as data_lib
+from rec_vae_tf import errors
+from rec_vae_tf import grid
+from rec_vae_tf import networks
+
+P = 16
+
+
+def _load_data(data_dir, train_examples=None):
+  del data_dir, train_examples
+  images = (np.random.default_rng(0).random([28, P]) * 255).astype(np.uint8)
+  return data_lib.Splits(train=images[:12], valid=images[12:20], test=images[20:])
+
+
+def _tiny_networks(num_components, hidden_units, latent_dim, eps_mode, seed, num_pixels,
+                   encoder_hidden_units=None):
+  del hidden_units
+  return networks.build_networks(num_components, (6,), latent_dim, eps_mode, seed, num_pixels,
+                                 encoder_hidden_units=(encoder_hidden_units or (6,))[:1])
+
+
+TINY = grid.Preset(description='test', variants=('rme', 'vae'), num_components=2,
+                   component_grid=(1, 2), seeds=(0, 1), epochs=1, epochs_per_component=0.5,
+                   num_importance_samples=4, test_examples=0, valid_examples=0)
+
+
+def _base():
+  return config_lib.Config(latent_dim=2, batch_size=4, eval_batch_size=4, xla=False)
+
+
+@pytest.mark.parametrize('eps_mode', config_lib.EPS_MODES)
+@pytest.mark.parametrize('hidden', [(7,), (5, 9)])
+def test_encoder_parameter_formula_matches_the_network(eps_mode, hidden):
+  encoder, _ = networks.build_networks(3, hidden, 4, eps_mode, 0, num_pixels=P)
+  assert grid.encoder_parameters(P, hidden, 4, 3, eps_mode) == networks.count_parameters(encoder)
+
+
+def test_capacity_matched_width_matches_m_encoders():
+  cfg = config_lib.Config(num_components=4)  # the small network: 2 x 200, D = 50
+  width = grid.matched_encoder_width(cfg)
+  target = grid.encoder_parameters(784, (200, 200), 50, 4, 'amortized')
+  got = grid.encoder_parameters(784, (width, width), 50, 1, 'amortized')
+  worse = [grid.encoder_parameters(784, (w, w), 50, 1, 'amortized') for w in (width - 1, width + 1)]
+  assert all(abs(got - target) <= abs(w - target) for w in worse)
+  assert abs(got - target) / target < 0.005
+  matched = grid.variant_config(config_lib.Config(), 'vae_matched', 4, 0)
+  assert matched.method == 'vae' and matched.num_components == 1
+  assert matched.encoder_hidden_units == width
+
+
+def test_plan_covers_every_variant_component_and_seed():
+  preset = grid.PRESETS['quick']
+  cells = grid.plan(_base(), preset)
+  names = {(c.variant, c.config.num_components) for c in cells}
+  assert {v for v, _ in names} == set(grid.VARIANTS)
+  assert {m for v, m in names if v == 'rme'} == {2, 4, 8}
+  assert len(cells) == len(preset.seeds) * (len(grid.VARIANTS) + 2)
+  assert len({c.cell_id for c in cells}) == len(cells)
+  by = {(c.variant, c.config.seed): c.config for c in cells if c.config.num_components in (1, 4)}
+  assert by[('iwae', 0)].num_train_samples == 4  # the mixtures' sample budget
+  assert by[('mixture', 1)].schedule == 'simultaneous'
+  assert by[('savae', 0)].refine_steps == 20
+  assert all(c.split == 'test' and c.config.epochs == preset.epochs for c in cells)
+  with pytest.raises(errors.ConfigError, match='invalid method'):
+    grid.plan(_base(), preset, variants=['nope'])
+
+
+def test_ablation_plan_is_on_the_validation_split():
+  cells = grid.plan(_base(), grid.PRESETS['quick'], ablation=True, seeds=[0])
+  assert all(c.split == 'valid' for c in cells)
+  labels = {c.ablation: c.config for c in cells}
+  assert labels['kl_weight=0.0'].kl_weight == 0.0
+  assert labels['component_objective=entropy'].method == 'boosted'
+  assert labels['num_components=8'].num_components == 8
+  assert labels['default'] == grid.variant_config(
+      _base().replace(epochs=5, epochs_per_component=0.5), 'rme', 4, 0)
+
+
+def test_grid_runs_resumes_and_reports(tmp_path):
+  cells = grid.plan(_base(), TINY)
+  lines = []
+  kw = dict(num_importance_samples=4, test_examples=0, valid_examples=0, load_data=_load_data,
+            make_networks=_tiny_networks, log=lines.append)
+  rows = grid.run_grid(cells, str(tmp_path), **kw)
+  assert len(rows) == len(cells) == 2 * 3  # seeds x (rme M=1, rme M=2, vae)
+  assert all(np.isfinite(r['log_likelihood']) and r['log_likelihood'] >= r['elbo'] - 5 for r in rows)
+  # rme with M = 1 and vae train the same model family but are separate cells and runs.
+  assert len({r['run_dir'] for r in rows}) == len(rows)
+  # A second run reads every cell back and trains nothing.
+  lines.clear()
+  again = grid.run_grid(cells, str(tmp_path), **kw)
+  assert again == [json.loads(json.dumps(r)) for r in rows]
+  assert lines == [f'{len(cells)} cells, {len(cells)} already finished']
+  reports = grid.write_reports(rows, str(tmp_path))
+  table = reports['table.md']
+  mean = np.mean([r['log_likelihood'] for r in rows if r['variant'] == 'vae'])
+  std = np.std([r['log_likelihood'] for r in rows if r['variant'] == 'vae'], ddof=1)
+  assert f'| vae | 1 | 2 | {mean:.2f} ± {std:.2f} |' in table
+  for name in ('cells.json', 'cells.csv', 'table.md', 'll_vs_components.png',
+               'll_vs_inference_time.png'):
+    assert os.path.getsize(tmp_path / name) > 0
+  with open(tmp_path / 'cells.csv') as f:
+    assert len(f.read().strip().splitlines()) == len(rows) + 1
+
+
+def test_ablation_table_reports_the_difference_to_the_default():
+  rows = [{'split': 'valid', 'ablation': a, 'log_likelihood': ll, 'elbo': ll - 5,
+           'seconds_per_epoch': 1.0, 'inference_ms_per_batch': 1.0, 'num_parameters': 1,
+           'num_importance_samples': 10, 'num_examples': 20}
+          for a, ll in (('default', -100.0), ('default', -102.0), ('kl_weight=0.0', -100.5))]
+  table = grid.ablation_table(rows)
+  assert '| default | 2 | -101.00 ± 1.41 | +0.00 |' in table
+  assert '| kl_weight=0.0 | 1 | -100.50 | +0.50 |' in table
+  assert 'Best by validation log p(x): kl_weight=0.0 (+0.50 nats' in table
