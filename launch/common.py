@@ -2,6 +2,12 @@
 
 Flags live here and in the launchers only; they are turned into a frozen,
 validated `rec_vae_tf.config.Config` before any work is done.
+
+Exit status of every launcher: 0 done; 2 a problem with the input (one line
+`error: ...` on stderr, no traceback); 143 (128 + SIGTERM) preempted: training
+saved a checkpoint after SIGTERM and stopped, and rerunning the same command
+resumes. 143 is what a shell reports for a job killed by SIGTERM, so schedulers
+and retry wrappers treat the job as unfinished (0 would mark it done).
 """
 
 import logging
@@ -78,6 +84,11 @@ def define_config_flags() -> None:
                        'S, reparameterized samples per component per training step.')
   flags.DEFINE_integer('seed', d.seed, 'Random seed (initialisation, data order, noise).')
   flags.DEFINE_boolean('xla', d.xla, 'Compile the training and evaluation steps with XLA.')
+  flags.DEFINE_boolean('deterministic', d.deterministic,
+                       'Enable TensorFlow op determinism while training: the same command gives '
+                       'bit-identical parameters and history on the same machine (seeds are '
+                       'stateless either way). Ops without a deterministic kernel then fail '
+                       'instead of running.')
   flags.DEFINE_boolean('mixed_precision', d.mixed_precision,
                        'Run the networks\' matmuls in bfloat16 (variables, losses and log densities '
                        'stay float32). Meant for GPUs with bfloat16 tensor cores; not measured on a '
@@ -110,14 +121,37 @@ def config_from_flags(**overrides) -> config_lib.Config:
 
 def check_data_dir(data_dir: str) -> None:
   """Fails with one line (before TensorFlow loads) if the data directory is missing."""
+  if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+    raise errors.DataError(f'data directory {data_dir} is a file, not a directory')
   if not os.path.isdir(data_dir):
     raise errors.DataError(
         f'data directory {data_dir} does not exist; run ./run.sh (it prepares MNIST offline) or '
         f'python -m launch.prepare_data --data_dir={data_dir}, or put the MNIST IDX .gz files there')
 
 
+# Exit status after SIGTERM stopped training with a checkpoint saved (128 + 15).
+PREEMPTED_EXIT_STATUS = 143
+
+
+def parse_flags(argv):
+  """absl's flag parser for app.run(flags_parser=...): a bad flag is one `error:` line, status 2.
+
+  absl's own parser prints `FATAL Flags parsing error: ...` and a usage hint and
+  exits with status 1; this keeps every bad input to the one-line contract.
+  """
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    _fail(f'{" ".join(str(e).split())} (--helpfull lists the flags)')
+
+
 def run(main):
-  """absl main wrapper: a UserError becomes one line on stderr and exit status 2."""
+  """absl main wrapper: a UserError becomes one line on stderr and exit status 2.
+
+  errors.Preempted (SIGTERM during training, checkpoint saved) becomes one line
+  `preempted at step N; checkpoint ...; rerun the same command to resume` on
+  stderr and exit status PREEMPTED_EXIT_STATUS.
+  """
   def wrapped(argv):
     # INFO chatter from TF's Python side (checkpoint sharding, SavedModel assets) is noise here.
     absl_logging.set_verbosity(absl_logging.WARNING)
@@ -128,6 +162,11 @@ def run(main):
       return main(argv)
     except errors.UserError as e:
       _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except errors.Preempted as e:
+      sys.stdout.flush()
+      sys.stderr.write(f'{e}\n')
+      sys.stderr.flush()
+      sys.exit(PREEMPTED_EXIT_STATUS)
     except KeyboardInterrupt:
       _fail('interrupted; the last checkpoint is kept, re-run the same command to resume')
   return wrapped

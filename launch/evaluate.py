@@ -32,16 +32,19 @@ def main(argv):
   del argv
   if not FLAGS.workdir:
     raise errors.UserError('--workdir is required')
-  config_lib.Config.load(config_lib.config_path(FLAGS.workdir))  # one-line error if not a run
-  from rec_vae_tf import likelihood  # pylint: disable=g-import-not-at-top
-  from rec_vae_tf import trainer  # pylint: disable=g-import-not-at-top
-  from rec_vae_tf import data as data_lib  # pylint: disable=g-import-not-at-top
-  cfg, tr, path = trainer.restore_for_evaluation(FLAGS.workdir, which=FLAGS.checkpoint)
-  k = FLAGS.num_importance_samples or cfg.num_importance_samples
+  # One-line errors for a bad run directory or flags, before TensorFlow loads.
+  cfg = config_lib.Config.load(config_lib.config_path(FLAGS.workdir))
+  k = cfg.num_importance_samples if FLAGS.num_importance_samples is None else (
+      FLAGS.num_importance_samples)
   if k < 1:
     raise errors.ConfigError(f'invalid flag: num_importance_samples={k}; allowed: an integer >= 1')
   if FLAGS.test_examples < 0:
     raise errors.ConfigError(f'invalid flag: test_examples={FLAGS.test_examples}; allowed: >= 0')
+  common.check_data_dir(FLAGS.data_dir or cfg.data_dir)
+  from rec_vae_tf import likelihood  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf import trainer  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf import data as data_lib  # pylint: disable=g-import-not-at-top
+  cfg, tr, path = trainer.restore_for_evaluation(FLAGS.workdir, which=FLAGS.checkpoint)
   splits = data_lib.load_mnist(FLAGS.data_dir or cfg.data_dir)
   test = splits.test[:FLAGS.test_examples] if FLAGS.test_examples else splits.test
   dataset = data_lib.make_eval_dataset(test, batch_size=cfg.eval_batch_size, seed=FLAGS.eval_seed)
@@ -62,4 +65,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(common.run(main))
+  app.run(common.run(main), flags_parser=common.parse_flags)

@@ -119,4 +119,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(common.run(main))
+  app.run(common.run(main), flags_parser=common.parse_flags)

@@ -43,7 +43,13 @@ def main(argv):
   if FLAGS.test_examples < 0:
     raise common.errors.ConfigError(
         f'invalid flag: test_examples={FLAGS.test_examples}; allowed: an integer >= 0')
+  unknown = [m for m in FLAGS.methods if m not in common.config_lib.METHODS]
+  if not FLAGS.methods or unknown:
+    raise common.errors.ConfigError(
+        f'invalid flag: methods={",".join(FLAGS.methods)!r}; allowed: a comma-separated list of '
+        f'{", ".join(common.config_lib.METHODS)}')
   common.check_data_dir(base.data_dir)
+  common.config_lib.check_workdir(FLAGS.workdir)  # before TensorFlow loads
   from rec_vae_tf import experiment  # pylint: disable=g-import-not-at-top  (TF loads after validation)
   experiment.run_comparison(
       base, FLAGS.workdir, methods=FLAGS.methods,
@@ -52,4 +58,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(common.run(main))
+  app.run(common.run(main), flags_parser=common.parse_flags)

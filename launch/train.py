@@ -8,12 +8,17 @@ selected by validation ELBO), history.json and summaries/ (TensorBoard).
 Re-running the same command on an existing workdir resumes from the latest
 checkpoint; a different config is refused. Cost: about 3-4 s per epoch for
 RME(M=4) and 1-2 s for the VAE on a 2-core CPU with the default small network.
+
+SIGTERM finishes the current chunk (at most 100 steps), saves a checkpoint,
+prints `preempted at step N; checkpoint ...; rerun the same command to resume`
+and exits with status 143; a bad input is one `error:` line and status 2.
 """
 
 from absl import app
 from absl import flags
 
 from launch import common
+from rec_vae_tf import config as config_lib
 
 flags.DEFINE_string('workdir', 'runs/train', 'Run directory (created; resumed if it exists).')
 common.define_config_flags()
@@ -24,6 +29,7 @@ def main(argv):
   del argv
   cfg = common.config_from_flags()
   common.check_data_dir(cfg.data_dir)
+  config_lib.check_workdir(FLAGS.workdir)  # before TensorFlow loads
   from rec_vae_tf import trainer  # pylint: disable=g-import-not-at-top  (TF loads after validation)
   result = trainer.train(cfg, FLAGS.workdir, log=common.log)
   best = result.trainer.best_validation.numpy()
@@ -34,4 +40,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(common.run(main))
+  app.run(common.run(main), flags_parser=common.parse_flags)

@@ -95,8 +95,8 @@ class Config:
   num_train_samples: int = 1       # S, reparameterized samples per component per step
   seed: int = 0
   xla: bool = True
-  # tf.config.experimental.enable_op_determinism() while training and evaluating: the
-  # same command gives bit-identical parameters and metrics on the same machine (the
+  # tf.config.experimental.enable_op_determinism() while training (validation included):
+  # the same command gives bit-identical parameters and metrics on the same machine (the
   # data order and all noise are stateless functions of the seed either way).
   deterministic: bool = False
   mixed_precision: bool = False    # bfloat16 matmuls, float32 variables and density math (GPU-oriented)
@@ -252,6 +252,28 @@ def write_json_atomic(path: str, value: Any, *, indent: int = 1, sort_keys: bool
 
 def config_path(workdir: str) -> str:
   return os.path.join(workdir, CONFIG_FILENAME)
+
+
+def check_workdir(workdir: str) -> None:
+  """Fails fast with a one-line UserError if workdir cannot be created or written.
+
+  Creates workdir and writes and removes a small probe file: catches a path
+  under a file, a read-only directory or file system, and a full disk. Needs no
+  TensorFlow, so launchers run it before loading TensorFlow.
+  """
+  probe = os.path.join(workdir, '.write_probe')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    if os.path.isfile(probe):
+      try:
+        os.remove(probe)
+      except OSError:
+        pass
+    raise errors.UserError(f'workdir {workdir} is not writable: {e.strerror or e}') from None
 
 
 def maybe_none(value: Optional[Any], default: Any) -> Any:

@@ -21,3 +21,17 @@ class DataError(UserError):
 
 class TrainingDiverged(UserError, FloatingPointError):
   """A non-finite loss; the last good checkpoint is kept."""
+
+
+class Preempted(Exception):
+  """Training stopped on SIGTERM after saving a checkpoint; rerunning resumes.
+
+  Not a UserError: nothing was wrong. Launchers print the message and exit with
+  status 143 (128 + SIGTERM), so a scheduler sees an unfinished job.
+  """
+
+  def __init__(self, step: int, checkpoint: str):
+    super().__init__(f'preempted at step {step}; checkpoint {checkpoint}; '
+                     'rerun the same command to resume')
+    self.step = step
+    self.checkpoint = checkpoint

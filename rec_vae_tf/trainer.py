@@ -25,12 +25,25 @@ Everything needed to resume lives in one `tf.train.Checkpoint`: networks,
 optimizer, global step, active-component count and the best validation score.
 The data order and binarization noise are functions of (seed, epoch), so the
 data position is recovered from the step count.
+
+Faults (README, "Faults and preemption"): SIGTERM during `train` finishes the
+current chunk of at most MAX_CHUNK_STEPS steps, saves a checkpoint and raises
+`errors.Preempted`; `restore_latest` skips an unreadable checkpoint for the one
+before it; a workdir that is not writable or lacks room for the checkpoints,
+and a checkpoint or history write that fails, stop with one line naming what
+was kept.
 """
 
+import contextlib
 import dataclasses
+import glob
 import json
 import math
 import os
+import re
+import shutil
+import signal
+import threading
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -52,6 +65,17 @@ CHECKPOINT_DIR = 'checkpoints'
 BEST_DIR = 'best'
 HISTORY_FILE = 'history.json'
 SUMMARY_DIR = 'summaries'
+# The running sums of an epoch interrupted by SIGTERM, for its history entry.
+PARTIAL_EPOCH_FILE = 'partial_epoch.json'
+# At most this many steps per call of the compiled loop (`train_steps`). The
+# outer loop answers SIGTERM between calls, so this bounds the response time
+# (about 0.45 s of training for the default RME run on this project's CPU);
+# the cap cost no measurable speed (README, "Faults and preemption"). Chunks
+# end at multiples of it, so a run resumed at a chunk end splits and sums its
+# steps exactly as an uninterrupted run does.
+MAX_CHUNK_STEPS = 100
+# Free space wanted beyond the checkpoints (history, summaries, evaluations).
+_FREE_SPACE_MARGIN_BYTES = 16 << 20
 # Per-example clipping of the refinement gradient (loc and log scale together),
 # as SA-VAE clips its inner gradients (to 5).
 REFINE_MAX_GRAD_NORM = 5.0
@@ -348,12 +372,39 @@ class Trainer:
     return {k: v / tf.cast(num_steps, v.dtype) for k, v in totals.items()}
 
   # ------------------------------------------------------------ outer loop
-  def restore_latest(self) -> Optional[str]:
-    """Restores the newest readable checkpoint; returns its path or None."""
-    path = self.manager.latest_checkpoint
-    if path:
-      self.checkpoint.restore(path).assert_existing_objects_matched()
-    return path
+  def restore_latest(self, log: Callable[[str], None] = print) -> Optional[str]:
+    """Restores the newest readable checkpoint; returns its path or None.
+
+    Candidates are the checkpoints the manager lists and any other `ckpt-<step>`
+    in its directory (a lost or garbled `checkpoint` state file), newest step
+    first. One that cannot be read whole (a truncated or garbage .index or .data
+    file, a missing file) is skipped with a `warning:` line through `log`, and
+    the one before it is tried.
+
+    Args:
+      log: receives one warning line per skipped checkpoint.
+    Returns:
+      The restored checkpoint's path, or None if the directory has none.
+    Raises:
+      UserError: there are checkpoints, but none is readable.
+    """
+    skipped = []
+    for path in _checkpoint_candidates(self.manager):
+      problem = checkpoint_problem(path)
+      if problem is None:
+        try:
+          self.checkpoint.restore(path).assert_existing_objects_matched()
+        except Exception as e:  # pylint: disable=broad-except  (see checkpoint_problem)
+          problem = _one_line_error(e)
+      if problem is None:
+        return path
+      log(f'warning: checkpoint {path} is unreadable ({problem}); trying the one before it')
+      skipped.append(os.path.basename(path))
+    if skipped:
+      raise errors.UserError(
+          f'no readable checkpoint in {self.manager.directory} (tried {", ".join(skipped)}); '
+          'move that directory away to start the run afresh')
+    return None
 
   def activate(self, num_active: int) -> None:
     """Sets the active-component count; with warm_start the new component copies the newest."""
@@ -383,11 +434,195 @@ def _format_seconds(seconds: float) -> str:
 
 
 def _read_history(path: str, up_to_step: int) -> List[Dict]:
+  """The history entries up to `up_to_step`; a damaged file is one line, not a traceback."""
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    history = json.load(f)
-  return [h for h in history if h['step'] <= up_to_step]
+  try:
+    with open(path) as f:
+      history = json.load(f)
+    return [h for h in history if h['step'] <= up_to_step]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise errors.UserError(
+        f'unreadable {path} ({_one_line_error(e)}); restore it or move it away (the run then '
+        'resumes with the history of later epochs only)') from None
+
+
+def _one_line_error(e: BaseException) -> str:
+  """An exception as one short line, without TF's `{{function_node ...}}` and `[Op:...]` noise."""
+  text = e.message if isinstance(e, tf.errors.OpError) else (
+      getattr(e, 'strerror', None) or str(e) or type(e).__name__)
+  text = re.sub(r'\{\{[^}]*\}\}|\[Op:[^\]]*\]', '', str(text))
+  return ' '.join(text.split())[:300]
+
+
+def checkpoint_problem(path: str) -> Optional[str]:
+  """Why the checkpoint at `path` (a prefix such as .../ckpt-8) cannot be read, or None.
+
+  Reads every tensor: the bundle reader checks each one's checksum, so garbage
+  and truncated .data files are caught as well as bad .index files.
+  """
+  try:
+    reader = tf.train.load_checkpoint(path)
+    for name in reader.get_variable_to_shape_map():
+      reader.get_tensor(name)
+  # A damaged file fails in many ways: tf.errors.DataLossError (checksum),
+  # OpError (not an sstable), NotFoundError, and plain IndexError / ValueError
+  # from the Python reader on a truncated file. All mean "unreadable".
+  except Exception as e:  # pylint: disable=broad-except
+    return _one_line_error(e)
+  return None
+
+
+def _checkpoint_candidates(manager: tf.train.CheckpointManager) -> List[str]:
+  """Checkpoint prefixes to try, newest step first: the manager's list and any others on disk."""
+  paths = {os.path.basename(p): p for p in manager.checkpoints}
+  for index in glob.glob(os.path.join(glob.escape(manager.directory), 'ckpt-*.index')):
+    prefix = index[:-len('.index')]
+    paths.setdefault(os.path.basename(prefix), prefix)
+
+  def number(name):
+    tail = name.rsplit('-', 1)[-1]
+    return int(tail) if tail.isdigit() else -1
+
+  return [paths[name] for name in sorted(paths, key=number, reverse=True)]
+
+
+def _save_checkpoint(manager: tf.train.CheckpointManager, step: int, what: str) -> str:
+  """manager.save(step); a failed write is one line, and the previous checkpoint stays latest.
+
+  TensorFlow writes a checkpoint to `ckpt-<step>_temp/` and records it in the
+  state file only once it is complete, so a failed write (disk full, quota)
+  leaves the previous latest checkpoint in place; the half-written files are
+  removed here.
+  """
+  try:
+    return manager.save(checkpoint_number=step)
+  except (tf.errors.OpError, OSError) as e:
+    prefix = os.path.join(manager.directory, f'ckpt-{step}')
+    shutil.rmtree(prefix + '_temp', ignore_errors=True)
+    for path in glob.glob(glob.escape(prefix) + '.*'):
+      with contextlib.suppress(OSError):
+        os.remove(path)
+    raise errors.UserError(
+        f'cannot write the {what} at step {step} ({_one_line_error(e)}); '
+        f'{manager.latest_checkpoint or "no earlier checkpoint"} is kept; free space (or fix '
+        'permissions) and rerun the same command to resume') from None
+
+
+def _write_json_or_fail(path: str, value, keeps: Optional[str]) -> None:
+  """config.write_json_atomic with a one-line error naming the checkpoint that is kept."""
+  try:
+    config_lib.write_json_atomic(path, value)
+  except OSError as e:
+    with contextlib.suppress(OSError):
+      os.remove(path + '.tmp')
+    raise errors.UserError(
+        f'cannot write {path} ({_one_line_error(e)}); {keeps or "no checkpoint"} is kept; free '
+        'space (or fix permissions) and rerun the same command to resume') from None
+
+
+def _checkpoint_bytes(trainer: 'Trainer') -> int:
+  """Bytes of the variables in one training checkpoint (networks and optimizer)."""
+  variables = {id(v): v for v in list(trainer.all_vars) + list(trainer.optimizer.variables)}
+  return sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in variables.values())
+
+
+def _check_free_space(trainer: 'Trainer', workdir: str) -> None:
+  """Fails with one line, before training, if workdir's disk cannot hold the checkpoints.
+
+  Needs room for the checkpoints kept (plus one being written) and best/, less
+  what those directories already hold, plus a margin; at least one checkpoint.
+  """
+  ckpt = _checkpoint_bytes(trainer)
+  best = sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in trainer.all_vars)
+  kept = getattr(trainer.manager, '_max_to_keep', None) or 3
+  existing = 0
+  for sub in (CHECKPOINT_DIR, BEST_DIR):
+    for root, _, files in os.walk(os.path.join(workdir, sub)):
+      existing += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+  needed = max((kept + 1) * ckpt + best - existing, ckpt) + _FREE_SPACE_MARGIN_BYTES
+  free = shutil.disk_usage(workdir).free
+  if free < needed:
+    mib = lambda b: f'{b / 2**20:.1f} MiB'
+    raise errors.UserError(
+        f'not enough free space in {workdir}: {mib(free)} free, the run needs about '
+        f'{mib(needed)} ({kept} checkpoints of {mib(ckpt)} kept plus one being written, '
+        'best/ and a margin); free space or choose another --workdir')
+
+
+class _PreemptionGuard:
+  """Turns SIGTERM into a request that the training loop answers between chunks.
+
+  Installed only in the main thread (Python delivers signals there) and only for
+  the `with` block; the previous handler is put back afterwards. A second
+  SIGTERM does nothing more; SIGKILL is always safe (resuming redoes at most an
+  epoch).
+  """
+
+  def __init__(self):
+    self.requested = False
+    self.requested_at = None  # time.monotonic() of the first SIGTERM
+    self._installed = False
+    self._previous = None
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    if not self.requested:
+      self.requested, self.requested_at = True, time.monotonic()
+
+  def __enter__(self) -> '_PreemptionGuard':
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._installed = True
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._installed:
+      # None: the previous handler was not set from Python; the default is the closest.
+      signal.signal(signal.SIGTERM,
+                    signal.SIG_DFL if self._previous is None else self._previous)
+      self._installed = False
+
+
+@contextlib.contextmanager
+def _op_determinism(enabled: bool):
+  """TensorFlow op determinism for the block if `enabled`; the previous setting afterwards."""
+  # Reading and undoing the setting has no public API; enabling it has.
+  from tensorflow.python.framework import config as tf_config  # pylint: disable=g-import-not-at-top
+  turn_on = enabled and not tf_config.is_op_determinism_enabled()
+  if turn_on:
+    tf.config.experimental.enable_op_determinism()
+  try:
+    yield
+  finally:
+    if turn_on:
+      tf_config.disable_op_determinism()
+
+
+def _write_partial_epoch(workdir: str, step: int, sums: Dict, count: int, seconds: float) -> None:
+  """Saves the running metric sums of an epoch interrupted at `step` (exact float values)."""
+  sums = {k: {'dtype': np.asarray(v).dtype.name, 'value': np.asarray(v).tolist()}
+          for k, v in sums.items()}
+  _write_json_or_fail(os.path.join(workdir, PARTIAL_EPOCH_FILE),
+                      {'step': step, 'count': count, 'epoch_seconds': seconds, 'sums': sums}, None)
+
+
+def _read_partial_epoch(workdir: str, step: int):
+  """(sums, count, seconds) saved by an interruption at `step`, or None.
+
+  Only the epoch's history entry depends on it: a missing, stale or unreadable
+  file gives an entry averaged over the resumed part of the epoch.
+  """
+  path = os.path.join(workdir, PARTIAL_EPOCH_FILE)
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+    if saved['step'] != step:
+      return None
+    sums = {k: np.asarray(v['value'], dtype=v['dtype']) for k, v in saved['sums'].items()}
+    return sums, int(saved['count']), float(saved['epoch_seconds'])
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
 
 
 
@@ -402,15 +637,13 @@ class TrainResult:
 
 
 def check_workdir(workdir: str) -> None:
-  """Fails fast with a one-line error if workdir cannot be created or written."""
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, '.write_probe')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
-  except OSError as e:
-    raise errors.UserError(f'workdir {workdir} is not writable: {e.strerror or e}') from None
+  """Fails fast with a one-line error if workdir cannot be created or written.
+
+  (config.check_workdir; launchers call it before TensorFlow loads, `train`
+  again before any work, and `train` checks the free space once the size of a
+  checkpoint is known.)
+  """
+  config_lib.check_workdir(workdir)
 
 
 def train(cfg: config_lib.Config, workdir: str, *,
@@ -432,11 +665,26 @@ def train(cfg: config_lib.Config, workdir: str, *,
   Returns:
     TrainResult with the trainer restored to the selected (best validation) state.
   Raises:
-    UserError: bad workdir, config mismatch, data problems.
+    UserError: bad workdir, config mismatch, data problems, no room for the
+      checkpoints, a failed checkpoint or history write (the previous
+      checkpoint is kept), no readable checkpoint.
     TrainingDiverged: non-finite loss (the last good checkpoint is kept).
+    Preempted: SIGTERM arrived (main thread only); the current chunk of at most
+      MAX_CHUNK_STEPS steps was finished and checkpointed, with the epoch's
+      running metrics, so that rerunning resumes with the same history as an
+      uninterrupted run. The previous SIGTERM handler is restored on return.
   """
   cfg.validate()
   check_workdir(workdir)
+  with _PreemptionGuard() as preemption, _op_determinism(cfg.deterministic):
+    return _train(cfg, workdir, preemption, load_data=load_data, make_networks=make_networks,
+                  log=log, stop_after_steps=stop_after_steps)
+
+
+def _train(cfg: config_lib.Config, workdir: str, preemption: _PreemptionGuard, *,
+           load_data: Callable, make_networks: Callable, log: Callable[[str], None],
+           stop_after_steps: Optional[int]) -> TrainResult:
+  """The body of `train`, with SIGTERM turned into `preemption.requested`."""
   config_file = config_lib.config_path(workdir)
   if os.path.exists(config_file):
     previous = config_lib.Config.load(config_file)
@@ -459,7 +707,8 @@ def train(cfg: config_lib.Config, workdir: str, *,
         'will become active')
 
   trainer = Trainer(cfg, workdir, make_networks=make_networks, num_pixels=splits.train.shape[1])
-  restored = trainer.restore_latest()
+  _check_free_space(trainer, workdir)
+  restored = trainer.restore_latest(log=log)
   step = int(trainer.step.numpy())
   history = _read_history(os.path.join(workdir, HISTORY_FILE), step)
   if restored:
@@ -484,6 +733,8 @@ def train(cfg: config_lib.Config, workdir: str, *,
   for epoch in range(start_epoch, cfg.epochs):
     if stop_after_steps is not None and step >= stop_after_steps:
       break
+    if preemption.requested:  # arrived during the last epoch's validation or save
+      raise errors.Preempted(step, trainer.manager.latest_checkpoint or '(none)')
     epoch_start = time.perf_counter()
     skip = step - epoch * spe
     dataset = data_lib.make_train_dataset(
@@ -491,14 +742,17 @@ def train(cfg: config_lib.Config, workdir: str, *,
         binarization=cfg.binarization, skip_batches=skip)
     iterator = iter(dataset)
     epoch_end = (epoch + 1) * spe
-    sums, count = {}, 0
+    sums, count, carried_seconds = {}, 0, 0.0
+    if skip and epoch == start_epoch:  # resumed mid-epoch: after SIGTERM, its running sums
+      sums, count, carried_seconds = _read_partial_epoch(workdir, step) or (sums, count, 0.0)
     while step < epoch_end:
       want_active = num_active_at(cfg, step, spe)
       if want_active != int(trainer.num_active.numpy()):
         trainer.activate(want_active)
         log(f'step {step}: component {want_active} of {cfg.num_components} activated')
       boundary = next_activation_step(cfg, step, spe)
-      chunk_end = min(epoch_end, boundary if boundary else epoch_end)
+      chunk_end = min(epoch_end, boundary if boundary else epoch_end,
+                      (step // MAX_CHUNK_STEPS + 1) * MAX_CHUNK_STEPS)
       if stop_after_steps is not None:
         chunk_end = min(chunk_end, max(stop_after_steps, step + 1))
       n = chunk_end - step
@@ -520,9 +774,17 @@ def train(cfg: config_lib.Config, workdir: str, *,
         sums[k] = sums.get(k, 0.0) + v * n
       count += n
       step = chunk_end
+      if preemption.requested and step < epoch_end:
+        # The epoch's history entry is written when it ends (after resuming), from
+        # the sums saved here, as if it had not been interrupted.
+        _write_partial_epoch(workdir, step, sums, count,
+                             carried_seconds + time.perf_counter() - epoch_start)
+        path = _save_checkpoint(trainer.manager, step, 'checkpoint')
+        writer.flush()
+        raise errors.Preempted(step, path)
       if stop_after_steps is not None and step >= stop_after_steps:
         break
-    epoch_seconds = time.perf_counter() - epoch_start
+    epoch_seconds = carried_seconds + time.perf_counter() - epoch_start
     train_seconds += epoch_seconds
     means = {k: v / max(count, 1) for k, v in sums.items()}
     entry = {'epoch': epoch + 1 if step == epoch_end else epoch + count / spe, 'step': step,
@@ -547,7 +809,7 @@ def train(cfg: config_lib.Config, workdir: str, *,
         trainer.best_validation.assign(val['mixture_elbo'])
         trainer._best_step.assign(step)
         trainer._best_active.assign(trainer.num_active)
-        trainer.best_manager.save(checkpoint_number=step)
+        _save_checkpoint(trainer.best_manager, step, 'selected (best) checkpoint')
         is_best = True
     with writer.as_default(step=step):
       tf.summary.scalar('train/mixture_elbo', entry['train_mixture_elbo'])
@@ -565,8 +827,11 @@ def train(cfg: config_lib.Config, workdir: str, *,
     history.append(entry)
     # History first: a kill between the two leaves an entry past the checkpoint,
     # which _read_history drops on resume (the other order would lose the entry).
-    config_lib.write_json_atomic(os.path.join(workdir, HISTORY_FILE), history)
-    trainer.manager.save(checkpoint_number=step)
+    _write_json_or_fail(os.path.join(workdir, HISTORY_FILE), history,
+                        trainer.manager.latest_checkpoint)
+    _save_checkpoint(trainer.manager, step, 'checkpoint')
+    with contextlib.suppress(OSError):  # the sums of an interrupted epoch are in history now
+      os.remove(os.path.join(workdir, PARTIAL_EPOCH_FILE))
     # ETA from wall time per epoch of this call (training, validation and checkpoints).
     wall_per_epoch = (time.perf_counter() - wall_start) / max((step - first_step) / spe, 1e-9)
     remaining = (total_steps - step) / spe * wall_per_epoch
@@ -578,7 +843,7 @@ def train(cfg: config_lib.Config, workdir: str, *,
 
   finished = step >= total_steps
   if finished and trainer.best_manager.latest_checkpoint:
-    trainer.best_checkpoint.restore(trainer.best_manager.latest_checkpoint).expect_partial()
+    _restore_or_fail(trainer.best_checkpoint, trainer.best_manager.latest_checkpoint)
     trainer.num_active.assign(trainer._best_active)
   return TrainResult(trainer=trainer, history=history, train_seconds=train_seconds,
                      steps=step, splits=splits, ran_steps=step - first_step)
@@ -586,14 +851,18 @@ def train(cfg: config_lib.Config, workdir: str, *,
 
 def restore_for_evaluation(workdir: str, *, which: str = 'best',
                            make_networks: Callable = networks.build_networks,
-                           num_pixels: int = 784):
+                           num_pixels: int = 784, log: Callable[[str], None] = print):
   """Loads a run's networks for evaluation or export.
 
   Args:
     workdir: a run directory written by `train`.
-    which: 'best' (the validation-selected state), 'latest', or a checkpoint path.
+    which: 'best' (the validation-selected state), 'latest' (the newest readable
+      checkpoint, `Trainer.restore_latest`), or a checkpoint path.
+    log: receives warning lines (an unreadable latest checkpoint skipped).
   Returns:
     (cfg, trainer, checkpoint_path) with trainer.num_active set to the restored count.
+  Raises:
+    UserError: no such checkpoint, or it is unreadable.
   """
   cfg = config_lib.Config.load(config_lib.config_path(workdir))
   trainer = Trainer(cfg, workdir, make_networks=make_networks, num_pixels=num_pixels)
@@ -602,12 +871,28 @@ def restore_for_evaluation(workdir: str, *, which: str = 'best',
     if not path:
       raise errors.UserError(f'{workdir} has no selected (best) checkpoint yet; '
                              'finish an epoch of training first or pass --checkpoint=latest')
-    trainer.best_checkpoint.restore(path).expect_partial()
+    _restore_or_fail(trainer.best_checkpoint, path)
     trainer.num_active.assign(trainer._best_active)
     trainer.step.assign(trainer._best_step)
+  elif which == 'latest':
+    path = trainer.restore_latest(log=log)
+    if not path:
+      raise errors.UserError(f'no checkpoint in {workdir}')
   else:
-    path = trainer.manager.latest_checkpoint if which == 'latest' else which
-    if not path or not tf.io.gfile.exists(path + '.index'):
+    path = which
+    if not tf.io.gfile.exists(path + '.index'):
       raise errors.UserError(f'no checkpoint {which!r} in {workdir}')
-    trainer.checkpoint.restore(path).expect_partial()
+    _restore_or_fail(trainer.checkpoint, path)
   return cfg, trainer, path
+
+
+def _restore_or_fail(checkpoint: tf.train.Checkpoint, path: str) -> None:
+  """checkpoint.restore(path) of a checkpoint read whole first; one line if it is unreadable."""
+  problem = checkpoint_problem(path)
+  if problem is None:
+    try:
+      checkpoint.restore(path).expect_partial()
+    except Exception as e:  # pylint: disable=broad-except  (see checkpoint_problem)
+      problem = _one_line_error(e)
+  if problem is not None:
+    raise errors.UserError(f'checkpoint {path} is unreadable ({problem})')
