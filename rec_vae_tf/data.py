@@ -308,6 +308,19 @@ def _as_pixels(array, name, path, remedy):
 
 def _open_npz(path, remedy):
   """Opens an npz without pickle support; returns the NpzFile."""
+  # np.load also takes .npy files and, failing both, blames pickled data: check
+  # the zip signature every .npz starts with first, for a message that fits.
+  try:
+    with open(path, "rb") as f:
+      head = f.read(4)
+  except OSError as e:
+    raise errors.DataError(
+        f"cannot read {path}: {_one_line(e.strerror or e)}; {remedy}") from e
+  if head not in (b"PK\x03\x04", b"PK\x05\x06"):
+    what = ("the file is empty" if not head else
+            f"it starts with {head!r}, not the zip signature of an .npz")
+    raise errors.DataError(
+        f"{path} is not a readable .npz file ({what}); {remedy}")
   try:
     return np.load(path, allow_pickle=False)
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:

@@ -69,7 +69,7 @@ SUMMARY_DIR = 'summaries'
 PARTIAL_EPOCH_FILE = 'partial_epoch.json'
 # At most this many steps per call of the compiled loop (`train_steps`). The
 # outer loop answers SIGTERM between calls, so this bounds the response time
-# (about 0.45 s of training for the default RME run on this project's CPU);
+# (about 0.4 s of training for the default RME run on this project's CPU);
 # the cap cost no measurable speed (README, "Faults and preemption"). Chunks
 # end at multiples of it, so a run resumed at a chunk end splits and sums its
 # steps exactly as an uninterrupted run does.

@@ -1,0 +1,484 @@
+"""Hostile inputs: malformed data files and invalid flags get one `error:` line, change nothing.
+
+Every case runs a launcher (launch/train.py, evaluate.py, export.py or main.py)
+and checks the contract of launch/common.py:
+
+  * exit status 2;
+  * exactly one stderr line that starts with `error: `, and it is the last line;
+    the only other lines allowed are TensorFlow's native start-up lines, which
+    its C++ logging prints before Python can silence it; a case that fails
+    before TensorFlow loads (`PRE_TF`) must print nothing else at all;
+  * no traceback;
+  * nothing in existing directories changed: every file and directory under
+    the test's root (the prepared run, the main job's directory, the data) is
+    hashed before and after, so a half-written config, checkpoint, history or
+    export directory fails the case.
+
+Cases that fail before TensorFlow loads run as real subprocesses (a fraction of
+a second each); so do a few that load it (about 4 s each). Malformed data is only
+found after TensorFlow has loaded, so most data cases run launch/train.py's real
+`main` in this process, through the same `common.parse_flags` and `common.run`
+as `python -m launch.train` (which defines launch/train.py's flags in the
+pytest process: no other test module may import a launcher that defines the
+same flags). Unit checks of the readers themselves (data.read_idx,
+data.load_mnist) are in tests/test_data.py.
+"""
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rec_vae_tf import config as config_lib
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CWD = os.getcwd() if os.path.isfile(os.path.join('launch', 'train.py')) else _ROOT
+TIMEOUT = 120
+
+# The flags of the prepared run (launch/train.py), as a dict so cases can override them.
+TINY = {'method': 'rme', 'num_components': '2', 'epochs': '1', 'epochs_per_component': '1',
+        'batch_size': '16', 'latent_dim': '3', 'num_importance_samples': '5', 'xla': 'false'}
+NUM_TRAIN, NUM_HELD_OUT = 64, 20
+
+# TensorFlow's native start-up lines (absl C++ logging before it is initialised).
+_TF_CHATTER = re.compile(
+    r'^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to '
+    r'STDERR|[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] .*)$')
+
+
+# ------------------------------------------------------------------ set-up
+
+
+def _mnist_arrays(count, rng):
+  return (rng.random([count, 784]) < 0.15).astype(np.uint8) * 255
+
+
+@pytest.fixture(scope='module')
+def root(tmp_path_factory):
+  """The test's root: data/, a finished run main/rme/, a plain file; all hashed per case."""
+  base = tmp_path_factory.mktemp('hostile')
+  rng = np.random.default_rng(0)
+  data = base / 'data'
+  data.mkdir()
+  arrays = {}
+  for split, count in (('train', NUM_TRAIN), ('valid', NUM_HELD_OUT), ('test', NUM_HELD_OUT)):
+    arrays[f'x_{split}'] = _mnist_arrays(count, rng)
+    arrays[f'y_{split}'] = np.zeros(count, np.int64)
+  np.savez(data / 'mnist.npz', **arrays)
+  (base / 'a_file').write_text('not a directory\n')
+  run = base / 'main' / 'rme'
+  status, _, err = _train_in_process(_flags(dict(TINY, workdir=str(run), data_dir=str(data))))
+  assert status == 0, err
+  assert (run / 'best').is_dir() and (run / 'history.json').is_file()
+  return base
+
+
+@pytest.fixture(scope='module')
+def env(tmp_path_factory):
+  return dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2',
+              MPLCONFIGDIR=str(tmp_path_factory.mktemp('matplotlib')))
+
+
+def _flags(values, extra=()):
+  return [f'--{k}={v}' for k, v in values.items() if v is not None] + list(extra)
+
+
+def _train_in_process(argv):
+  """Runs launch/train.py's main in this process as `python -m launch.train` would.
+
+  Returns (exit status, stdout, stderr).
+  """
+  import contextlib  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
+  from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
+  from launch import common  # pylint: disable=g-import-not-at-top
+  from launch import train as train_launcher  # pylint: disable=g-import-not-at-top
+
+  out, err = io.StringIO(), io.StringIO()
+  status = 0
+  with flagsaver.flagsaver(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    absl_flags.FLAGS.unparse_flags()
+    try:
+      common.parse_flags(['train'] + list(argv))
+      common.run(train_launcher.main)(['train'])
+    except SystemExit as e:
+      status = e.code
+    finally:
+      absl_flags.FLAGS.unparse_flags()
+  return status, out.getvalue(), err.getvalue()
+
+
+def _snapshot(base):
+  """{relative path: sha256 of a file, or 'dir'} of everything under base."""
+  state = {}
+  for dirpath, dirnames, filenames in os.walk(base):
+    for name in dirnames:
+      state[os.path.relpath(os.path.join(dirpath, name), base)] = 'dir'
+    for name in filenames:
+      path = os.path.join(dirpath, name)
+      with open(path, 'rb') as f:
+        state[os.path.relpath(path, base)] = hashlib.sha256(f.read()).hexdigest()
+  return state
+
+
+def _copy_run(root, name, config_changes=None):
+  """A copy of the prepared run at root/<name> (config.json changed as asked)."""
+  copy = root / name
+  shutil.copytree(root / 'main' / 'rme', copy)
+  if config_changes:
+    path = config_lib.config_path(str(copy))
+    values = dict(config_lib.Config.load(path).to_dict(), **config_changes)
+    config_lib.Config.from_dict(values).save(path)  # the same bytes train() would write
+  return copy
+
+
+# ------------------------------------------------------------ the cases
+
+# Malformed MNIST directories: name -> function(directory) that fills it.
+
+
+def _idx(array, magic):
+  """IDX bytes of a uint8 array with the given 4-byte magic number."""
+  header = magic.to_bytes(4, 'big') + b''.join(d.to_bytes(4, 'big') for d in array.shape)
+  return header + array.astype(np.uint8).tobytes()
+
+
+def _good_idx_pair(directory, train=None, test=None):
+  rng = np.random.default_rng(1)
+  train = _idx(rng.integers(0, 256, [NUM_TRAIN, 28, 28]), 0x803) if train is None else train
+  test = _idx(rng.integers(0, 256, [NUM_HELD_OUT, 28, 28]), 0x803) if test is None else test
+  for name, content in (('train-images-idx3-ubyte', train), ('t10k-images-idx3-ubyte', test)):
+    if content is not None:
+      (directory / name).write_bytes(content)
+
+
+def _npz(directory, **arrays):
+  rng = np.random.default_rng(2)
+  values = {'x_train': _mnist_arrays(NUM_TRAIN, rng), 'x_test': _mnist_arrays(NUM_HELD_OUT, rng)}
+  values.update(arrays)
+  np.savez(directory / 'mnist.npz', **{k: v for k, v in values.items() if v is not None})
+
+
+def _truncated_idx(d):
+  good = _idx(np.zeros([NUM_TRAIN, 28, 28]), 0x803)
+  _good_idx_pair(d, train=good[:len(good) // 2])
+
+
+def _truncated_gzip_idx(d):
+  _good_idx_pair(d)
+  content = gzip.compress((d / 'train-images-idx3-ubyte').read_bytes())
+  os.remove(d / 'train-images-idx3-ubyte')
+  (d / 'train-images-idx3-ubyte.gz').write_bytes(content[:len(content) // 3])
+
+
+def _float_pixels(value):
+  def fill(d):
+    x = np.random.default_rng(3).random([NUM_TRAIN, 784]).astype(np.float32)
+    x[5, 100] = value
+    _npz(d, x_train=x)
+  return fill
+
+
+def _write(name, content):
+  def fill(d):
+    (d / name).write_bytes(content)
+  return fill
+
+
+def _npy_named_npz(d):
+  with open(d / 'mnist.npz', 'wb') as f:
+    np.save(f, np.zeros([NUM_TRAIN, 784], np.uint8))
+
+
+def _directory_named(name):
+  def fill(d):
+    (d / name).mkdir()
+  return fill
+
+
+def _only_test_idx(d):
+  _good_idx_pair(d)
+  os.remove(d / 'train-images-idx3-ubyte')
+
+
+def _train_idx_is_a_directory(d):
+  _only_test_idx(d)
+  (d / 'train-images-idx3-ubyte').mkdir()
+
+
+DATA_CASES = {
+    # name: (fill the data directory, expected fragment of the message)
+    'truncated IDX': (_truncated_idx, 'is truncated'),
+    'IDX with a wrong magic number': (
+        lambda d: _good_idx_pair(d, train=_idx(np.zeros([NUM_TRAIN, 28, 28]), 0x0D03)),
+        'magic number 0x00000d03'),
+    'IDX images of 28x27 pixels': (
+        lambda d: _good_idx_pair(d, train=_idx(np.zeros([NUM_TRAIN, 28, 27]), 0x803)),
+        'expected MNIST images [N, 28, 28]'),
+    'IDX labels file given as images': (
+        lambda d: _good_idx_pair(d, train=_idx(np.zeros([NUM_TRAIN]), 0x801)),
+        'expected MNIST images'),
+    'empty IDX file': (lambda d: _good_idx_pair(d, train=b''), 'is empty'),
+    'truncated gzip IDX': (_truncated_gzip_idx, 'truncated or corrupt gzip'),
+    'IDX with trailing bytes': (
+        lambda d: _good_idx_pair(d, train=_idx(np.zeros([NUM_TRAIN, 28, 28]), 0x803) + b'x'),
+        'unexpected byte'),
+    'only the test IDX file': (_only_test_idx, 'not train-images-idx3-ubyte'),
+    'IDX train file is a directory': (_train_idx_is_a_directory, 'not train-images-idx3-ubyte'),
+    'float npz with a NaN pixel': (_float_pixels(np.nan), 'NaN or infinite'),
+    'float npz with an infinite pixel': (_float_pixels(np.inf), 'NaN or infinite'),
+    'float npz pixels above 1': (_float_pixels(1.5), 'expected [0, 1]'),
+    'negative integer pixels': (
+        lambda d: _npz(d, x_train=np.full([NUM_TRAIN, 784], -3, np.int16)), '[-3, -3]'),
+    'npz images of the wrong shape': (
+        lambda d: _npz(d, x_train=np.zeros([NUM_TRAIN, 10], np.uint8)), 'has shape [64, 10]'),
+    'npz images of rank 4': (
+        lambda d: _npz(d, x_train=np.zeros([NUM_TRAIN, 28, 28, 1], np.uint8)),
+        'has shape [64, 28, 28, 1]'),
+    'npz without training images': (
+        lambda d: _npz(d, x_train=np.zeros([0, 784], np.uint8)), 'holds no images'),
+    'npz without x_test': (lambda d: _npz(d, x_test=None), 'lacks x_test'),
+    'npz with string pixels': (
+        lambda d: _npz(d, x_train=np.full([NUM_TRAIN, 784], 'a')), 'has dtype <U1'),
+    'empty mnist.npz': (_write('mnist.npz', b''), 'the file is empty'),
+    'text garbage as mnist.npz': (_write('mnist.npz', b'1,2,3\nnot numbers at all\n'),
+                                  "it starts with b'1,2,'"),
+    'binary garbage as mnist.npz': (_write('mnist.npz', bytes(range(256))), 'not the zip signature'),
+    'truncated mnist.npz': (
+        lambda d: (_npz(d), (d / 'mnist.npz').write_bytes((d / 'mnist.npz').read_bytes()[:2000])),
+        'mnist.npz'),
+    'a .npy file named mnist.npz': (_npy_named_npz, 'not the zip signature'),
+    'mnist.npz is a directory': (_directory_named('mnist.npz'), 'no MNIST files in'),
+}
+
+
+@pytest.mark.parametrize('name', list(DATA_CASES))
+def test_malformed_data_in_process(name, root, tmp_path):
+  fill, fragment = DATA_CASES[name]
+  data = root / 'bad_data'
+  data.mkdir()
+  run = None
+  try:
+    fill(data)
+    run = _copy_run(root, 'case_run', {'data_dir': str(data)})
+    before = _snapshot(root)
+    status, _, err = _train_in_process(
+        _flags(dict(TINY, workdir=str(run), data_dir=str(data))))
+    _check(status, err, fragment, before_after=(before, _snapshot(root)), only_line=True)
+  finally:
+    shutil.rmtree(data, ignore_errors=True)
+    if run is not None:
+      shutil.rmtree(run, ignore_errors=True)
+
+
+# Run directories in a bad state, and configs that only a loaded run can refuse.
+RUN_CASES = {
+    'train_examples beyond the data': (
+        {'train_examples': NUM_TRAIN + 1}, None, 'train_examples=65 is invalid'),
+    'batch larger than the training set': (
+        {'batch_size': NUM_TRAIN * 2}, None, 'batch_size=128 is larger than the 64 training'),
+    'garbage history.json': ({}, ('history.json', b'[{"step": 1'), 'unreadable '),
+    'history.json of the wrong shape': ({}, ('history.json', b'{"step": 1}'), 'unreadable '),
+    'garbage config.json': ({}, ('config.json', b'{"method": '), 'unreadable config'),
+    'garbage checkpoint index': (
+        {}, ('checkpoints/ckpt-4.index', b'garbage'), 'no readable checkpoint in'),
+}
+
+
+@pytest.mark.parametrize('name', list(RUN_CASES))
+def test_damaged_run_or_config_in_process(name, root):
+  changes, damage, fragment = RUN_CASES[name]
+  run = _copy_run(root, 'case_run', changes)
+  try:
+    if damage:
+      (run / damage[0]).write_bytes(damage[1])
+    flags = dict(TINY, workdir=str(run), data_dir=str(root / 'data'),
+                 **{k: str(v) for k, v in changes.items()})
+    before = _snapshot(root)
+    status, _, err = _train_in_process(_flags(flags))
+    _check(status, err, fragment, before_after=(before, _snapshot(root)), only_line=True)
+  finally:
+    shutil.rmtree(run, ignore_errors=True)
+
+
+# Subprocess cases: (launcher, flags given the root, expected fragment, fails before TF).
+def _train_case(**overrides):
+  extra = overrides.pop('extra', ())
+  return lambda r: _flags(dict(dict(TINY, workdir=str(r / 'main' / 'rme'), data_dir=str(r / 'data')),
+                               **overrides), extra)
+
+
+def _main_case(**overrides):
+  extra = overrides.pop('extra', ())
+  return lambda r: _flags(dict(dict(TINY, workdir=str(r / 'main'), data_dir=str(r / 'data'),
+                                    methods='rme,vae', test_examples='8'), **overrides), extra)
+
+
+def _run_case(**values):
+  extra = values.pop('extra', ())
+  return lambda r: _flags(dict({'workdir': str(r / 'main' / 'rme')}, **values), extra)
+
+
+def _export_case(**values):
+  return lambda r: _flags(dict({'workdir': str(r / 'main' / 'rme'),
+                                'export_dir': str(r / 'exports')}, **values))
+
+
+SUBPROCESS_CASES = {
+    # train: invalid values and combinations
+    'train: vae with 4 components': (
+        'train', _train_case(method='vae', num_components=4), 'num_components=4', True),
+    'train: negative latent_dim': ('train', _train_case(latent_dim=-3), 'latent_dim=-3', True),
+    'train: zero batch_size': ('train', _train_case(batch_size=0), 'batch_size=0', True),
+    'train: unknown method': ('train', _train_case(method='gan'), "method='gan'", True),
+    'train: kl_weight=1': ('train', _train_case(kl_weight=1), 'kl_weight=1.0', True),
+    'train: zero epochs': ('train', _train_case(epochs=0), 'epochs=0', True),
+    'train: NaN learning rate': ('train', _train_case(learning_rate='nan'), 'learning_rate=nan',
+                                 True),
+    'train: mixture with a recursive schedule': (
+        'train', _train_case(method='mixture', schedule='recursive'), 'schedule', True),
+    'train: prior_floor=1': ('train', _train_case(prior_floor=1), 'prior_floor=1.0', True),
+    'train: negative seed': ('train', _train_case(seed=-1), 'seed=-1', True),
+    'train: zero num_train_samples': (
+        'train', _train_case(num_train_samples=0), 'num_train_samples=0', True),
+    'train: negative train_examples': (
+        'train', _train_case(train_examples=-5), 'train_examples=-5', True),
+    'train: unknown network': ('train', _train_case(network='huge'), "network='huge'", True),
+    'train: empty data_dir': ('train', _train_case(data_dir=''), 'data_dir', True),
+    'train: non-numeric epochs': ('train', _train_case(epochs='abc'), '--epochs=abc', True),
+    'train: non-boolean deterministic': (
+        'train', _train_case(deterministic='maybe'), 'deterministic', True),
+    'train: unknown flag': ('train', _train_case(extra=['--colour=red']), "'colour'", True),
+    'train: positional argument': ('train', _train_case(extra=['oops']), 'positional', True),
+    'train: workdir under a file': (
+        'train', lambda r: _train_case(workdir=str(r / 'a_file' / 'run'))(r), 'not writable',
+        True),
+    'train: data_dir is a file': (
+        'train', lambda r: _train_case(data_dir=str(r / 'a_file'))(r), 'is a file', True),
+    'train: data_dir missing': (
+        'train', lambda r: _train_case(data_dir=str(r / 'nowhere'))(r), 'does not exist', True),
+    'train: another config in an existing run': (
+        'train', _train_case(latent_dim=4), 'different config (fields latent_dim)', False),
+    # evaluate
+    'evaluate: no workdir': ('evaluate', lambda r: [], '--workdir is required', True),
+    'evaluate: nonexistent workdir': (
+        'evaluate', lambda r: [f'--workdir={r / "nowhere"}'], 'no config at', True),
+    'evaluate: workdir is a file': (
+        'evaluate', lambda r: [f'--workdir={r / "a_file"}'], 'config', True),
+    'evaluate: K=0': ('evaluate', _run_case(num_importance_samples=0),
+                      'num_importance_samples=0', True),
+    'evaluate: negative K': ('evaluate', _run_case(num_importance_samples=-5),
+                             'num_importance_samples=-5', True),
+    'evaluate: negative test_examples': (
+        'evaluate', _run_case(test_examples=-1), 'test_examples=-1', True),
+    'evaluate: data_dir missing': (
+        'evaluate', lambda r: _run_case(data_dir=str(r / 'nowhere'))(r), 'does not exist', True),
+    'evaluate: non-numeric eval_seed': (
+        'evaluate', _run_case(eval_seed='x1'), '--eval_seed=x1', True),
+    'evaluate: unknown flag': ('evaluate', _run_case(extra=['--k=5']), "'k'", True),
+    'evaluate: missing checkpoint path': (
+        'evaluate', lambda r: _run_case(checkpoint=str(r / 'nowhere' / 'ckpt-3'))(r),
+        'no checkpoint', False),
+    # export
+    'export: no export_dir': ('export', _run_case(), '--export_dir are required', True),
+    'export: model_name escaping the base': (
+        'export', _export_case(model_name='../evil'), 'model_name', True),
+    'export: all-digit model_name': ('export', _export_case(model_name='123'), 'model_name',
+                                     True),
+    'export: K=0': ('export', _export_case(num_importance_samples=0),
+                    'num_importance_samples=0', True),
+    'export: zero importance_chunk': (
+        'export', _export_case(importance_chunk=0), 'importance_chunk=0', True),
+    'export: negative export_seed': (
+        'export', _export_case(export_seed=-1), 'export_seed=-1', True),
+    'export: export_dir is a file': (
+        'export', lambda r: _export_case(export_dir=str(r / 'a_file'))(r), 'not a directory',
+        True),
+    'export: nonexistent workdir': (
+        'export', lambda r: _export_case(workdir=str(r / 'nowhere'))(r), 'no config at', True),
+    # main
+    'main: unknown method in --methods': (
+        'main', _main_case(methods='rme,gan'), "methods='rme,gan'", True),
+    'main: empty --methods': ('main', _main_case(methods=''), "methods=''", True),
+    'main: vae with 4 components': (
+        'main', _main_case(method='vae', num_components=4), 'num_components=4', True),
+    'main: negative test_examples': (
+        'main', _main_case(test_examples=-1), 'test_examples=-1', True),
+    'main: negative epochs': ('main', _main_case(epochs=-2), 'epochs=-2', True),
+    'main: kl_weight=1': ('main', _main_case(kl_weight=1), 'kl_weight=1.0', True),
+    'main: data_dir missing': (
+        'main', lambda r: _main_case(data_dir=str(r / 'nowhere'))(r), 'does not exist', True),
+    'main: workdir under a file': (
+        'main', lambda r: _main_case(workdir=str(r / 'a_file' / 'x'))(r), 'not writable', True),
+    'main: unknown flag': ('main', _main_case(extra=['--method_list=rme']), "'method_list'",
+                           True),
+}
+
+
+@pytest.mark.parametrize('name', list(SUBPROCESS_CASES))
+def test_launcher_refuses_in_one_line(name, root, env):
+  launcher, make_flags, fragment, pre_tf = SUBPROCESS_CASES[name]
+  before = _snapshot(root)
+  result = subprocess.run([sys.executable, '-m', f'launch.{launcher}', *make_flags(root)],
+                          cwd=CWD, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+  _check(result.returncode, result.stderr, fragment, before_after=(before, _snapshot(root)),
+         only_line=pre_tf)
+
+
+# Real subprocesses for damage found only after TensorFlow has loaded.
+@pytest.mark.parametrize('name', ['truncated IDX', 'float npz with a NaN pixel'])
+def test_malformed_data_as_a_subprocess(name, root, env):
+  fill, fragment = DATA_CASES[name]
+  data = root / 'bad_data'
+  data.mkdir()
+  run = None
+  try:
+    fill(data)
+    run = _copy_run(root, 'case_run', {'data_dir': str(data)})
+    before = _snapshot(root)
+    result = subprocess.run(
+        [sys.executable, '-m', 'launch.train',
+         *_flags(dict(TINY, workdir=str(run), data_dir=str(data)))],
+        cwd=CWD, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    _check(result.returncode, result.stderr, fragment, before_after=(before, _snapshot(root)),
+           only_line=False)
+  finally:
+    shutil.rmtree(data, ignore_errors=True)
+    if run is not None:
+      shutil.rmtree(run, ignore_errors=True)
+
+
+def test_evaluate_refuses_a_corrupt_selected_checkpoint(root, env):
+  run = _copy_run(root, 'case_run')
+  try:
+    [data_file] = [p for p in (run / 'best').iterdir() if '.data-' in p.name]
+    data_file.write_bytes(data_file.read_bytes()[:100])
+    before = _snapshot(root)
+    result = subprocess.run([sys.executable, '-m', 'launch.evaluate', f'--workdir={run}'],
+                            cwd=CWD, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    _check(result.returncode, result.stderr, 'is unreadable (', before_after=(
+        before, _snapshot(root)), only_line=False)
+  finally:
+    shutil.rmtree(run, ignore_errors=True)
+
+
+def _check(status, stderr, fragment, *, before_after, only_line):
+  """The one-line contract (module docstring); only_line: not even TF's start-up lines."""
+  assert 'Traceback' not in stderr, stderr[-3000:]
+  assert status == 2, (status, stderr[-3000:])
+  lines = [l for l in stderr.splitlines() if l.strip()]
+  other = [l for l in lines if not _TF_CHATTER.match(l)]
+  assert len(other) == 1 and other[0] == lines[-1], stderr[-3000:]
+  assert other[0].startswith('error: ') and fragment in other[0], (fragment, other[0])
+  if only_line:  # refused before TensorFlow loaded, or in this process
+    assert lines == other, stderr[-3000:]
+  before, after = before_after
+  changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+  assert not changed, changed
