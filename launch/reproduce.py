@@ -21,7 +21,7 @@ Presets:
          1, 2, 3, 4, 6, 8, K = 5000 on all 10,000 test images.
 
 Writes into --workdir: cells.json, cells.csv (every cell), table.md (mean ±
-std over seeds) or ablation.md, ll_vs_components.png, ll_vs_inference_time.png,
+std over seeds) or ablation.md and ablation_cells.json/.csv, ll_vs_components.png, ll_vs_inference_time.png,
 samples.png, reconstructions.png; training runs live in runs/, finished cells
 in cells/. Rerunning the same command trains nothing that is finished.
 """
@@ -42,11 +42,14 @@ flags.DEFINE_integer('seeds', None, 'Use seeds 0..N-1 (default: the preset\'s).'
 flags.DEFINE_list('components', None, 'RME\'s component grid, e.g. 2,4,8 (default: the preset\'s).')
 flags.DEFINE_boolean('ablation', False, 'Run RME\'s ablation grid on the validation set instead.')
 flags.DEFINE_integer('epochs', None, 'Override the preset\'s epochs.')
+flags.DEFINE_float('epochs_per_component', None,
+                   'Override the preset\'s recursion budget (epochs before the next component).')
 flags.DEFINE_integer('num_importance_samples', None, 'Override the preset\'s K.')
 flags.DEFINE_integer('test_examples', None,
                      'Override the preset\'s number of test (or, with --ablation, validation) '
                      'images (0: all).')
 flags.DEFINE_integer('train_examples', None, 'Use only the first N training images (smoke runs).')
+flags.DEFINE_integer('batch_size', 100, 'Training batch size.')
 flags.DEFINE_boolean('xla', True, 'Compile training and evaluation with XLA.')
 FLAGS = flags.FLAGS
 
@@ -74,13 +77,17 @@ def main(argv):
   except ValueError:
     raise common.errors.ConfigError(
         f'invalid flag: components={",".join(FLAGS.components)}; allowed: integers') from None
+  if FLAGS.epochs_per_component is not None and not FLAGS.epochs_per_component > 0:
+    raise common.errors.ConfigError(
+        f'invalid flag: epochs_per_component={FLAGS.epochs_per_component}; allowed: a number > 0')
   changes = {k: v for k, v in (('epochs', FLAGS.epochs),
+                               ('epochs_per_component', FLAGS.epochs_per_component),
                                ('num_importance_samples', FLAGS.num_importance_samples),
                                ('train_examples', FLAGS.train_examples)) if v is not None}
   if FLAGS.test_examples is not None:
     changes['test_examples' if not FLAGS.ablation else 'valid_examples'] = FLAGS.test_examples
   preset = dataclasses.replace(preset, **changes)
-  base = config_lib.Config(data_dir=FLAGS.data_dir, xla=FLAGS.xla,
+  base = config_lib.Config(data_dir=FLAGS.data_dir, xla=FLAGS.xla, batch_size=FLAGS.batch_size,
                            num_importance_samples=preset.num_importance_samples)
   cells = grid.plan(base, preset, ablation=FLAGS.ablation, variants=FLAGS.methods,
                     seeds=range(FLAGS.seeds) if FLAGS.seeds else None, component_grid=components)

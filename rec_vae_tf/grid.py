@@ -177,7 +177,8 @@ def plan(base: config_lib.Config, preset: Preset, *, ablation: bool = False,
   variants = tuple(variants or preset.variants)
   for variant in variants:
     if variant not in VARIANTS:
-      raise errors.ConfigError(f'invalid method {variant!r}; allowed: {", ".join(VARIANTS)}')
+      raise errors.ConfigError(
+          f'invalid flag: methods contains {variant!r}; allowed: {", ".join(VARIANTS)}')
   grid = sorted(set(component_grid if component_grid is not None else preset.component_grid)
                 | {preset.num_components})
   for seed in seeds:
@@ -368,9 +369,14 @@ def ablation_table(rows: Sequence[Dict]) -> str:
 
 
 def write_reports(rows: Sequence[Dict], workdir: str) -> Dict[str, str]:
-  """cells.json / cells.csv, table.md or ablation.md and the plots; returns the markdown."""
+  """The rows as JSON and CSV, table.md and its plots or ablation.md; returns the markdown.
+
+  The method grid writes cells.json / cells.csv, the ablation grid
+  ablation_cells.json / .csv, so both can share one workdir (and its trainings).
+  """
   from rec_vae_tf import plots  # pylint: disable=g-import-not-at-top
-  write_rows(rows, workdir)
+  ablation_only = all(r['split'] == 'valid' for r in rows)
+  write_rows(rows, workdir, 'ablation_cells' if ablation_only else 'cells')
   out = {}
   if any(r['split'] == 'test' for r in rows):
     out['table.md'] = method_table(rows)

@@ -69,7 +69,7 @@ def test_plan_covers_every_variant_component_and_seed():
   assert by[('mixture', 1)].schedule == 'simultaneous'
   assert by[('savae', 0)].refine_steps == 20
   assert all(c.split == 'test' and c.config.epochs == preset.epochs for c in cells)
-  with pytest.raises(errors.ConfigError, match='invalid method'):
+  with pytest.raises(errors.ConfigError, match='methods contains'):
     grid.plan(_base(), preset, variants=['nope'])
 
 

@@ -262,3 +262,25 @@ def test_main_runs_the_semi_amortized_baselines(data_dir, env, tmp_path):
       assert math.isfinite(row[key]), (key, row)
   assert '| vae+svi | 1 |' in stdout
   assert not os.path.exists(os.path.join(workdir, 'export'))  # the export is RME's only
+
+
+def test_reproduce_runs_a_grid_resumes_and_rejects_bad_flags(data_dir, env, tmp_path):
+  workdir = str(tmp_path / 'grid')
+  flags = [f'--data_dir={data_dir}', f'--workdir={workdir}', '--methods=rme,vae,iaf',
+           '--components=2', '--seeds=1', '--epochs=1', f'--batch_size={BATCH}',
+           '--num_importance_samples=5', '--test_examples=10', '--xla=false']
+  out = _check_ok(_launch('reproduce', flags, env))
+  assert '4 cells, 0 already finished' in out  # rme at M=2 and the preset's M=4, vae, iaf
+  for name in ('cells.json', 'cells.csv', 'table.md', 'll_vs_components.png',
+               'll_vs_inference_time.png', 'samples.png', 'reconstructions.png'):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  with open(os.path.join(workdir, 'cells.json')) as f:
+    rows = json.load(f)
+  assert sorted((r['variant'], r['num_components']) for r in rows) == [
+      ('iaf', 1), ('rme', 2), ('rme', 4), ('vae', 1)]
+  assert all(r['num_examples'] == 10 and r['num_importance_samples'] == 5 for r in rows)
+  again = _check_ok(_launch('reproduce', flags, env))
+  assert '4 cells, 4 already finished' in again and 'training' not in again
+  for bad in ('--preset=nope', '--methods=rme,nope', '--components=two', '--seeds=0'):
+    line = _check_one_line_error(_launch('reproduce', flags + [bad], env))
+    assert bad.split('=')[0].lstrip('-') in line
