@@ -142,12 +142,13 @@ def test_warm_start_copies_the_newest_component(tmp_path):
     np.testing.assert_array_equal(var.numpy()[1], var.numpy()[0])
 
 
-@pytest.mark.parametrize('method', ['rme', 'boosted', 'mixture', 'iwae'])
+@pytest.mark.parametrize('method', ['rme', 'boosted', 'mixture', 'iwae', 'vae'])
 def test_each_loss_moves_exactly_its_own_variables(method, tmp_path):
   """rme/boosted: encoders by their component objectives, decoder and weights by the
-  mixture bound; mixture: everything by the mixture bound; iwae: everything by IWAE."""
-  m = 1 if method == 'iwae' else 2
-  s = 3 if method == 'iwae' else 1
+  mixture bound; mixture: everything by the mixture bound; iwae: everything by IWAE;
+  vae: encoder and decoder by the ELBO (with M = 1 both RME losses are the ELBO)."""
+  m = 1 if method in ('iwae', 'vae') else 2
+  s = 3 if method in ('iwae', 'vae') else 1  # vae: so its ELBO differs from IWAE's bound
   cfg = _cfg(method=method, num_components=m, schedule='simultaneous', num_train_samples=s)
   # Plain SGD makes each update exactly -lr * gradient.
   lr = 1e-2
@@ -164,7 +165,7 @@ def test_each_loss_moves_exactly_its_own_variables(method, tmp_path):
     comp = -tf.reduce_mean(tf.reduce_sum(terms.component_objective, -1))
     mix = -tf.reduce_mean(terms.mixture_elbo)
     iwae = -tf.reduce_mean(terms.iwae[:, 0])
-  encoder_loss, decoder_loss = {'rme': (comp, mix), 'boosted': (comp, mix),
+  encoder_loss, decoder_loss = {'rme': (comp, mix), 'boosted': (comp, mix), 'vae': (comp, mix),
                                 'mixture': (mix, mix), 'iwae': (iwae, iwae)}[method]
   before = _values(tr)
   tr._compiled_step(x, tf.constant(m), tf.constant(0), noise=noise)
@@ -174,7 +175,8 @@ def test_each_loss_moves_exactly_its_own_variables(method, tmp_path):
     np.testing.assert_allclose((old - var.numpy()) / lr, g, rtol=2e-3, atol=2e-4,
                                err_msg=var.path)
   # The check can tell the losses apart: each alternative pulls differently.
-  for other in {id(l): l for l in (comp, mix, iwae)}.values():
+  alternatives = (iwae,) if method == 'vae' else (comp, mix, iwae)  # vae: comp == mix
+  for other in {id(l): l for l in alternatives}.values():
     if other is not encoder_loss:
       diff = [np.abs(a.numpy() - b.numpy()).max() for a, b in zip(
           tape.gradient(encoder_loss, tr.component_vars), tape.gradient(other, tr.component_vars))]
