@@ -39,7 +39,10 @@ def define_config_flags() -> None:
                        f'{", ".join(config_lib.SINGLE_ENCODER_METHODS)}.')
   flags.DEFINE_integer('latent_dim', d.latent_dim, 'D, latent dimensions.')
   flags.DEFINE_string('network', d.network,
-                      'Dense network size: small (2x200 hidden) or large (2x500 hidden).')
+                      'Network size: dense small (2x200 hidden) or large (2x500 hidden); conv '
+                      'conv_small (channels 32, 64, ...) or conv_large (64, 128, ...), stride-2 '
+                      'layers sized for the dataset\'s images (rec_vae_tf/conv_networks.py). '
+                      'Colour datasets need a conv size.')
   flags.DEFINE_integer('encoder_hidden_units', d.encoder_hidden_units,
                        'Width of every encoder hidden layer (0: the network size\'s width); the '
                        'capacity-matched VAE uses it (launch/reproduce.py computes the width).')
@@ -70,11 +73,20 @@ def define_config_flags() -> None:
                      'savae and vae_svi: step size (> 0) of the refinement ascent on (loc, log scale).')
   flags.DEFINE_float('refine_momentum', d.refine_momentum,
                      'savae and vae_svi: momentum in [0, 1) of the refinement steps.')
-  flags.DEFINE_string('dataset', d.dataset, 'Dataset: mnist.')
+  flags.DEFINE_string('dataset', d.dataset,
+                      f'Dataset: {", ".join(config_lib.DATASETS)} (README, "Datasets": source, '
+                      'split, files). Binary images use a Bernoulli decoder; svhn and celeba are '
+                      'colour, modelled with a discretized logistic and reported in nats and '
+                      'bits per dimension.')
   flags.DEFINE_string('data_dir', d.data_dir,
-                      'Directory with mnist.npz (./run.sh prepares it) or the original IDX .gz files.')
+                      'Directory with the dataset\'s files: for mnist, mnist.npz (./run.sh '
+                      'prepares it) or the original IDX .gz files; for the others the files of '
+                      'README "Datasets" (svhn, celeba: a tensorflow-datasets data_dir).')
   flags.DEFINE_string('binarization', d.binarization,
-                      'dynamic (fresh Bernoulli draw each epoch) or static (one fixed draw).')
+                      'dynamic (fresh Bernoulli draw each epoch) or static (one fixed draw) for '
+                      'grey datasets; fixed for the already-binary binarized_mnist and '
+                      'caltech101_silhouettes; none for colour. Default: dynamic, or the only '
+                      'one the --dataset allows.')
   flags.DEFINE_integer('train_examples', d.train_examples,
                        'Use only the first N training images (0: all); for smoke runs.')
   flags.DEFINE_integer('epochs', d.epochs, 'Training epochs.')
@@ -116,14 +128,28 @@ def config_from_flags(**overrides) -> config_lib.Config:
                                 else _DEFAULT.num_components)
   if method == 'mixture' and not FLAGS['schedule'].present and 'schedule' not in overrides:
     values['schedule'] = 'simultaneous'
+  if (not FLAGS['binarization'].present and 'binarization' not in overrides and
+      values.get('dataset') in config_lib.DATASET_BINARIZATIONS):
+    values['binarization'] = config_lib.default_binarization(values['dataset'])
   return config_lib.Config(**values).validate()
 
 
-def check_data_dir(data_dir: str) -> None:
-  """Fails with one line (before TensorFlow loads) if the data directory is missing."""
+def check_data_dir(data_dir: str, dataset: str = 'mnist') -> None:
+  """Fails with one line if the data directory is missing, saying which files go there.
+
+  For mnist this runs before TensorFlow loads; for the other datasets the
+  message comes from `datasets.SPECS` (whose module loads TensorFlow), only
+  when the directory is missing.
+  """
   if os.path.exists(data_dir) and not os.path.isdir(data_dir):
     raise errors.DataError(f'data directory {data_dir} is a file, not a directory')
   if not os.path.isdir(data_dir):
+    if dataset != 'mnist':
+      from rec_vae_tf import datasets  # pylint: disable=g-import-not-at-top
+      if dataset in datasets.SPECS:
+        raise errors.DataError(
+            f'data directory {data_dir} does not exist; to get {dataset}: '
+            f'{datasets.SPECS[dataset].how_to_prepare(data_dir)}, then pass --data_dir={data_dir}')
     raise errors.DataError(
         f'data directory {data_dir} does not exist; run ./run.sh (it prepares MNIST offline) or '
         f'python -m launch.prepare_data --data_dir={data_dir}, or put the MNIST IDX .gz files there')

@@ -3,7 +3,8 @@ r"""Evaluates a trained run on the test set: importance-sampled log p(x) and mor
   python -m launch.evaluate --workdir=runs/rme --num_importance_samples=5000
 
 Prints and writes <workdir>/eval_<checkpoint>_K<K>_n<images>_s<seed>.json: test log-likelihood
-(importance sampling with the mixture posterior as proposal, K reported), test
+(importance sampling with the mixture posterior as proposal, K reported; nats
+per image, and bits per dimension, printed for colour datasets), test
 ELBO, per-component ELBO, mixture weights and their entropy, and the encoder's
 milliseconds per batch (for savae and vae+svi the posterior, its ELBO and its
 time include the refinement steps). Cost with the small network on a 2-core CPU: about
@@ -40,14 +41,16 @@ def main(argv):
     raise errors.ConfigError(f'invalid flag: num_importance_samples={k}; allowed: an integer >= 1')
   if FLAGS.test_examples < 0:
     raise errors.ConfigError(f'invalid flag: test_examples={FLAGS.test_examples}; allowed: >= 0')
-  common.check_data_dir(FLAGS.data_dir or cfg.data_dir)
+  common.check_data_dir(FLAGS.data_dir or cfg.data_dir, cfg.dataset)
+  from rec_vae_tf import builders  # pylint: disable=g-import-not-at-top
   from rec_vae_tf import likelihood  # pylint: disable=g-import-not-at-top
   from rec_vae_tf import trainer  # pylint: disable=g-import-not-at-top
   from rec_vae_tf import data as data_lib  # pylint: disable=g-import-not-at-top
   cfg, tr, path = trainer.restore_for_evaluation(FLAGS.workdir, which=FLAGS.checkpoint)
-  splits = data_lib.load_mnist(FLAGS.data_dir or cfg.data_dir)
+  splits = builders.load_data_fn(cfg)(FLAGS.data_dir or cfg.data_dir)
   test = splits.test[:FLAGS.test_examples] if FLAGS.test_examples else splits.test
-  dataset = data_lib.make_eval_dataset(test, batch_size=cfg.eval_batch_size, seed=FLAGS.eval_seed)
+  dataset = data_lib.make_eval_dataset(test, batch_size=cfg.eval_batch_size, seed=FLAGS.eval_seed,
+                                       binarization=cfg.binarization)
   common.log(f'evaluating {path} ({int(tr.num_active.numpy())} active components) on '
              f'{len(test)} test images with K={k}')
   # savae / vae_svi: proposal, ELBO and encoder time use the refined posterior.
@@ -59,7 +62,8 @@ def main(argv):
   name = f'eval_{os.path.basename(path)}_K{k}_n{len(test)}_s{FLAGS.eval_seed}.json'
   out = os.path.join(FLAGS.workdir, name)
   config_lib.write_json_atomic(out, result)
-  common.log(f'test log p(x) {result["test_log_likelihood"]:.3f} (K={k}), test ELBO '
+  bits = (f' = {result["test_bits_per_dim"]:.4f} bits/dim' if builders.is_colour(cfg) else '')
+  common.log(f'test log p(x) {result["test_log_likelihood"]:.3f}{bits} (K={k}), test ELBO '
              f'{result["test_elbo"]:.3f}, weights {[round(w, 3) for w in result["mixture_weights"]]}, '
              f'encoder {result["encoder_ms_per_batch"]:.2f} ms/batch; written to {out}')
 

@@ -48,7 +48,7 @@ def main(argv):
     raise common.errors.ConfigError(
         f'invalid flag: methods={",".join(FLAGS.methods)!r}; allowed: a comma-separated list of '
         f'{", ".join(common.config_lib.METHODS)}')
-  common.check_data_dir(base.data_dir)
+  common.check_data_dir(base.data_dir, base.dataset)
   common.config_lib.check_workdir(FLAGS.workdir)  # before TensorFlow loads
   from rec_vae_tf import experiment  # pylint: disable=g-import-not-at-top  (TF loads after validation)
   experiment.run_comparison(

@@ -4,12 +4,19 @@ r"""The paper's comparison in one command: every method, a component axis, seeds
   python -m launch.reproduce --preset=quick --ablation --workdir=runs/ablation
   python -m launch.reproduce --preset=paper --workdir=runs/paper         # full length, for a GPU
   python -m launch.reproduce --preset=quick --methods=rme,vae --seeds=1 --workdir=runs/two
+  python -m launch.reproduce --preset=quick --methods=rme,vae --datasets=mnist,fashion_mnist \
+      --networks=small,conv_small --data_dir='data/{dataset}' --workdir=runs/datasets
 
 Methods (rows): rme, vae, vae_matched (a VAE whose one encoder has about as
 many parameters as RME's M encoders), mixture, boosted, savae, vae_svi
 (vae+svi), iaf, hf, iwae; RME also at every M of the preset's component grid.
 Each cell (method, M, seed) trains through the same trainer and is evaluated
-on the test set by importance sampling. With --ablation the grid is instead
+on the test set by importance sampling. --datasets and --networks add grid
+axes (default mnist and small; cells and run directories name them only when
+they are not the default, so existing MNIST cells keep their ids): every
+method then runs on every dataset with every network size. Several datasets
+need --data_dir with {dataset} in it; vae_matched is dense-only and is left out
+for conv networks; colour datasets (svhn, celeba) need a conv network. With --ablation the grid is instead
 RME's ablations (lambda, delta, eps mode, schedule, warm start, M, KL versus
 entropy), each evaluated on the validation set.
 
@@ -36,7 +43,15 @@ from launch import common
 
 flags.DEFINE_string('preset', 'quick', 'Grid and training length: quick or paper.')
 flags.DEFINE_string('workdir', 'runs/reproduce', 'Output directory (resumed if it exists).')
-flags.DEFINE_string('data_dir', 'data/mnist', 'Directory with mnist.npz (./run.sh prepares it).')
+flags.DEFINE_string('data_dir', 'data/mnist',
+                    'Directory with the dataset\'s files (mnist: mnist.npz, which ./run.sh '
+                    'prepares); {dataset} in it is replaced by each dataset\'s name, which '
+                    'several --datasets need (e.g. data/{dataset}).')
+flags.DEFINE_list('datasets', ['mnist'],
+                  'Dataset axis of the grid: any of mnist, binarized_mnist, omniglot, '
+                  'fashion_mnist, caltech101_silhouettes, svhn, celeba (README, "Datasets").')
+flags.DEFINE_list('networks', ['small'],
+                  'Network axis of the grid: any of small, large (dense), conv_small, conv_large.')
 flags.DEFINE_list('methods', None, 'Methods to run (default: all of the preset).')
 flags.DEFINE_integer('seeds', None, 'Use seeds 0..N-1 (default: the preset\'s).')
 flags.DEFINE_list('components', None, 'RME\'s component grid, e.g. 2,4,8 (default: the preset\'s).')
@@ -90,22 +105,21 @@ def main(argv):
   base = config_lib.Config(data_dir=FLAGS.data_dir, xla=FLAGS.xla, batch_size=FLAGS.batch_size,
                            num_importance_samples=preset.num_importance_samples)
   cells = grid.plan(base, preset, ablation=FLAGS.ablation, variants=FLAGS.methods,
-                    seeds=range(FLAGS.seeds) if FLAGS.seeds else None, component_grid=components)
-  common.check_data_dir(FLAGS.data_dir)
+                    seeds=range(FLAGS.seeds) if FLAGS.seeds else None, component_grid=components,
+                    datasets=FLAGS.datasets, networks=FLAGS.networks)
+  for data_dir, dataset in sorted({(c.config.data_dir, c.config.dataset) for c in cells}):
+    common.check_data_dir(data_dir, dataset)
   common.log(f'preset {FLAGS.preset}: {preset.description}')
-  from rec_vae_tf import data as data_lib  # pylint: disable=g-import-not-at-top  (TF loads here)
-  from rec_vae_tf import networks  # pylint: disable=g-import-not-at-top
   # Every cell builds its own compiled functions by design; TensorFlow's
   # "retracing" warnings about that are noise here.
   logging.getLogger('tensorflow').setLevel(logging.ERROR)
+  # Data and networks: what each cell's config selects (rec_vae_tf.builders).
   rows = grid.run_grid(cells, FLAGS.workdir, num_importance_samples=preset.num_importance_samples,
                        test_examples=preset.test_examples, valid_examples=preset.valid_examples,
-                       load_data=data_lib.load_mnist, make_networks=networks.build_networks,
                        log=common.log)
   reports = grid.write_reports(rows, FLAGS.workdir)
   if not FLAGS.ablation:
-    grid.save_pictures(rows, FLAGS.workdir, num_components=preset.num_components,
-                       make_networks=networks.build_networks)
+    grid.save_pictures(rows, FLAGS.workdir, num_components=preset.num_components)
   for name, text in reports.items():
     common.log(f'\n{name}:\n{text}')
   common.log(f'wrote {", ".join(reports)}, cells.json, cells.csv and the plots to {FLAGS.workdir}')

@@ -9,6 +9,13 @@ Re-running the same command on an existing workdir resumes from the latest
 checkpoint; a different config is refused. Cost: about 3-4 s per epoch for
 RME(M=4) and 1-2 s for the VAE on a 2-core CPU with the default small network.
 
+Other datasets and networks (README, "Datasets"):
+
+  python -m launch.train --workdir=runs/fashion --dataset=fashion_mnist \
+      --network=conv_small --data_dir=data/fashion_mnist
+  python -m launch.train --workdir=runs/svhn --dataset=svhn --network=conv_small \
+      --data_dir=data/tfds      # colour: discretized logistic, binarization none
+
 SIGTERM finishes the current chunk (at most 100 steps), saves a checkpoint,
 prints `preempted at step N; checkpoint ...; rerun the same command to resume`
 and exits with status 143; a bad input is one `error:` line and status 2.
@@ -28,7 +35,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   cfg = common.config_from_flags()
-  common.check_data_dir(cfg.data_dir)
+  common.check_data_dir(cfg.data_dir, cfg.dataset)
   config_lib.check_workdir(FLAGS.workdir)  # before TensorFlow loads
   from rec_vae_tf import trainer  # pylint: disable=g-import-not-at-top  (TF loads after validation)
   result = trainer.train(cfg, FLAGS.workdir, log=common.log)

@@ -44,16 +44,47 @@ FLOW_METHODS = ('iaf', 'hf')
 # Methods whose posterior is the encoder's output refined per example
 # (rec_vae_tf.refinement), in training and at test time.
 REFINED_METHODS = ('savae', 'vae_svi')
-DATASETS = ('mnist',)
-BINARIZATIONS = ('dynamic', 'static')
-NETWORKS = ('small', 'large')
+# The --dataset values: the keys of `datasets.SPECS`, listed here because this
+# module must load without TensorFlow (datasets.py imports it);
+# tests/test_datasets_end_to_end.py checks that the two agree.
+DATASETS = ('mnist', 'binarized_mnist', 'omniglot', 'fashion_mnist', 'caltech101_silhouettes',
+            'svhn', 'celeba')
+# How training and evaluation images reach the model (`data.make_train_dataset`):
+#   dynamic  grey pixels p / 255, a fresh Bernoulli draw of every image each epoch;
+#   static   one Bernoulli draw per image, the same in every epoch;
+#   fixed    the dataset is already binary (stored as 0 / 255): used as it is, 0 / 1;
+#   none     colour pixels passed through as float 0..255 (discretized logistic).
+BINARIZATIONS = ('dynamic', 'static', 'fixed', 'none')
+# What each dataset allows (its `datasets.SPECS` binarizations; 'none' for the
+# colour sets, which have none); the first is what a launcher picks when
+# --binarization is not given.
+DATASET_BINARIZATIONS = {
+    'mnist': ('dynamic', 'static'),
+    'binarized_mnist': ('fixed',),
+    'omniglot': ('dynamic', 'static'),
+    'fashion_mnist': ('dynamic', 'static'),
+    'caltech101_silhouettes': ('fixed',),
+    'svhn': ('none',),
+    'celeba': ('none',),
+}
+# Colour datasets: a discretized logistic decoder, which only the conv networks have.
+COLOUR_DATASETS = ('svhn', 'celeba')
+DENSE_NETWORKS = ('small', 'large')
+CONV_NETWORKS = ('conv_small', 'conv_large')  # rec_vae_tf.conv_networks
+NETWORKS = DENSE_NETWORKS + CONV_NETWORKS
 EPS_MODES = ('amortized', 'global', 'fixed')
 SCHEDULES = ('recursive', 'freeze_earlier', 'simultaneous')
 
 # Dense encoder/decoder widths per network size: (hidden units per layer).
 # `small` is the IWAE paper's one-stochastic-layer MNIST network (2 x 200);
-# `large` doubles depth-width in the usual way (2 x 500).
-NETWORK_HIDDEN = {'small': (200, 200), 'large': (500, 500)}
+# `large` doubles depth-width in the usual way (2 x 500). The conv sizes have
+# no dense hidden layers: their channels are in `conv_networks.conv_channels`.
+NETWORK_HIDDEN = {'small': (200, 200), 'large': (500, 500), 'conv_small': (), 'conv_large': ()}
+
+
+def default_binarization(dataset: str) -> str:
+  """The binarization a launcher uses for `dataset` when none is given ('dynamic' for mnist)."""
+  return DATASET_BINARIZATIONS.get(dataset, BINARIZATIONS)[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +94,7 @@ class Config:
   method: str = 'rme'
   num_components: int = 4          # M, the mixture capacity (1 for vae)
   latent_dim: int = 50             # D
-  network: str = 'small'
+  network: str = 'small'           # NETWORKS: dense small / large, conv conv_small / conv_large
   encoder_hidden_units: int = 0    # 0: the network's widths; N: every encoder hidden layer has N units
   # RME objective.
   kl_weight: float = 0.1           # lambda in J_lambda; 0 <= lambda < 1 (README: ablation)
@@ -84,9 +115,9 @@ class Config:
   flow_steps: int = 2              # T: IAF steps or Householder reflections
   flow_hidden_units: int = 200     # IAF: hidden units of each step's MADE network
   # Data.
-  dataset: str = 'mnist'
+  dataset: str = 'mnist'           # DATASETS (rec_vae_tf.datasets)
   data_dir: str = 'data/mnist'
-  binarization: str = 'dynamic'
+  binarization: str = 'dynamic'    # DATASET_BINARIZATIONS[dataset]
   train_examples: int = 0          # 0: all; N: only the first N training images
   # Optimisation.
   epochs: int = 40
@@ -147,6 +178,12 @@ class Config:
     choice('dataset', DATASETS)
     choice('binarization', BINARIZATIONS)
     choice('network', NETWORKS)
+    if self.binarization not in DATASET_BINARIZATIONS[self.dataset]:
+      fail('binarization', f'{" or ".join(DATASET_BINARIZATIONS[self.dataset])} for '
+           f'dataset={self.dataset}')
+    if self.dataset in COLOUR_DATASETS and self.network not in CONV_NETWORKS:
+      fail('network', f'{" or ".join(CONV_NETWORKS)} for dataset={self.dataset} (colour images '
+           'need the conv decoder\'s discretized logistic)')
     choice('eps_mode', EPS_MODES)
     choice('schedule', SCHEDULES)
     integer('num_components', 1, 64)
@@ -156,6 +193,8 @@ class Config:
       fail('schedule', 'simultaneous for method=mixture (it trains all components jointly)')
     integer('latent_dim', 1)
     integer('encoder_hidden_units', 0, 100000)
+    if self.encoder_hidden_units and self.network in CONV_NETWORKS:
+      fail('encoder_hidden_units', f'0 for network={self.network} (dense widths only)')
     integer('flow_steps', 1, 64)
     integer('flow_hidden_units', 1, 100000)
     real('kl_weight', 0.0, 1.0, high_open=True)

@@ -20,7 +20,10 @@ images. This module
   * builds tf.data pipelines whose shuffle order and Bernoulli noise are pure
     functions of (seed, epoch, batch index), so a run resumed mid-epoch
     (`skip_batches`) sees exactly the batches it would have seen
-    (`make_train_dataset`, `make_eval_dataset`).
+    (`make_train_dataset`, `make_eval_dataset`). The same pipelines serve the
+    other datasets of `rec_vae_tf.datasets`: already-binary ones
+    (binarization "fixed": pixel / 255, no draw) and colour ones ("none":
+    the 0..255 pixel values as float32, for the discretized logistic).
 
 Shapes: N examples, B batch size, D = 784 pixels.
 
@@ -91,7 +94,10 @@ IDX_TEST_IMAGES = "t10k-images-idx3-ubyte"
 _IDX_IMAGES_MAGIC = 0x00000803  # uint8, 3 dimensions.
 _IDX_LABELS_MAGIC = 0x00000801  # uint8, 1 dimension.
 
-_BINARIZATIONS = ("dynamic", "static")
+# "dynamic" and "static" draw binary images from grey ones; "fixed" (images
+# that are already binary, stored as 0/255) and "none" (colour pixels for a
+# discretized logistic, float 0..255) draw nothing (`_without_draw`).
+_BINARIZATIONS = ("dynamic", "static", "fixed", "none")
 
 # Tags folded into the user's seed, one per independent stream of randomness.
 _TRAIN_STREAM = 1
@@ -830,6 +836,33 @@ def steps_per_epoch(num_examples, batch_size):
   return int(num_examples) // int(batch_size)
 
 
+def _check_binarization(images, binarization):
+  """Raises ConfigError for an unknown binarization, or "fixed" on non-binary images."""
+  if binarization not in _BINARIZATIONS:
+    raise errors.ConfigError(
+        f"binarization={binarization!r} is invalid; expected one of "
+        f"{', '.join(_BINARIZATIONS)}")
+  if binarization == "fixed":
+    top = 255 if images.dtype == np.uint8 else 1
+    if not np.all((images == 0) | (images == top)):
+      raise errors.ConfigError(
+          f"binarization='fixed' needs binary images (0 or {top}); these have "
+          "other values: use dynamic or static")
+
+
+def _without_draw(pixels, binarization):
+  """The images as the model sees them when nothing is drawn: float32, same shape.
+
+  "fixed": binary images stored as 0/255 (uint8) become 0/1; "none": pixel
+  values stay 0..255 (the grid of `likelihoods.DiscretizedLogistic` with
+  x_max = 255). Float images are passed through unchanged.
+  """
+  x = tf.cast(pixels, tf.float32)
+  if binarization == "fixed" and pixels.dtype.is_integer:
+    x = x / 255.0
+  return x
+
+
 def make_train_dataset(images,
                        *,
                        batch_size,
@@ -854,12 +887,15 @@ def make_train_dataset(images,
     epoch: epoch number, >= 0.
     binarization: "dynamic" draws new binary images every epoch; "static"
       draws each image once from `seed` alone and reuses that draw in every
-      epoch (only the order changes).
+      epoch (only the order changes); "fixed" uses images that are already
+      binary (0/255) as 0/1; "none" passes pixel values through as floats
+      (colour data, values 0..255 for uint8 input).
     skip_batches: number of leading batches of this epoch to skip, in
       0..steps_per_epoch(N, B).
 
   Returns:
-    A tf.data.Dataset of float32 [B, D] batches with values in {0, 1}.
+    A tf.data.Dataset of float32 [B, D] batches with values in {0, 1} (or the
+    pixel values, for "none").
 
   Raises:
     ConfigError: an argument is invalid, or N < B so the epoch would be empty.
@@ -868,10 +904,7 @@ def make_train_dataset(images,
   _check_seed(seed)
   _check_nonnegative_int("epoch", epoch)
   _check_nonnegative_int("skip_batches", skip_batches)
-  if binarization not in _BINARIZATIONS:
-    raise errors.ConfigError(
-        f"binarization={binarization!r} is invalid; expected one of "
-        f"{', '.join(_BINARIZATIONS)}")
+  _check_binarization(images, binarization)
   num_examples = images.shape[0]
   num_batches = steps_per_epoch(num_examples, batch_size)
   if num_batches == 0:
@@ -898,6 +931,11 @@ def make_train_dataset(images,
 
     def make_batch(i):
       return tf.cast(tf.gather(fixed, batch_indices[i]), tf.float32)  # [B, D]
+  elif binarization in ("fixed", "none"):
+    pixels = tf.constant(images)  # [N, D]
+
+    def make_batch(i):
+      return _without_draw(tf.gather(pixels, batch_indices[i]), binarization)  # [B, D]
   else:
     pixels = tf.constant(images)  # [N, D]
     noise_seed = tf.random.experimental.stateless_fold_in(
@@ -913,7 +951,7 @@ def make_train_dataset(images,
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def make_eval_dataset(images, *, batch_size, seed):
+def make_eval_dataset(images, *, batch_size, seed, binarization="dynamic"):
   """Evaluation batches in order, binarized once by a draw fixed by `seed`.
 
   This is the usual protocol for evaluating on dynamically binarized MNIST:
@@ -928,10 +966,14 @@ def make_eval_dataset(images, *, batch_size, seed):
     batch_size: B, examples per batch; the last batch has N mod B examples
       when B does not divide N.
     seed: integer seed of the draw.
+    binarization: the run's binarization; "dynamic" and "static" both get the
+      one draw above, "fixed" and "none" draw nothing (as in
+      `make_train_dataset`).
 
   Returns:
-    A tf.data.Dataset of float32 [<=B, D] batches with values in {0, 1} that
-    visits every image exactly once, in order.
+    A tf.data.Dataset of float32 [<=B, D] batches with values in {0, 1} (or
+    the pixel values, for "none") that visits every image exactly once, in
+    order.
 
   Raises:
     ConfigError: an argument is invalid.
@@ -939,6 +981,11 @@ def make_eval_dataset(images, *, batch_size, seed):
   images = _check_images(images)
   _check_seed(seed)
   _check_positive_int("batch_size", batch_size)
+  _check_binarization(images, binarization)
+  if binarization in ("fixed", "none"):
+    dataset = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+    dataset = dataset.map(lambda x: _without_draw(x, binarization))  # [<=B, D]
+    return dataset.prefetch(tf.data.AUTOTUNE)
   fixed = tf.cast(binarize(images, _seed(seed, _EVAL_STREAM)),
                   tf.uint8)  # [N, D]
   dataset = tf.data.Dataset.from_tensor_slices(fixed).batch(batch_size)

@@ -17,16 +17,17 @@ same checkpoint, K and test set is reused, so re-running is cheap.
 import json
 import os
 import platform
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from rec_vae_tf import builders
 from rec_vae_tf import config as config_lib
 from rec_vae_tf import data as data_lib
 from rec_vae_tf import export as export_lib
 from rec_vae_tf import likelihood
-from rec_vae_tf import networks
+from rec_vae_tf import likelihoods
 from rec_vae_tf import plots
 from rec_vae_tf import posterior
 from rec_vae_tf import trainer as trainer_lib
@@ -92,13 +93,22 @@ def posterior_sample(tr, x, seed):
   return z
 
 
+def decoder_mean(decoder, z):
+  """The decoder's picture of p(x|z), [..., P]: `decoder.mean(z)` where it has one
+  (conv decoders: Bernoulli means, or pixel values 0..255 for colour), else the
+  sigmoid of the dense Bernoulli decoder's logits."""
+  if hasattr(decoder, 'mean'):
+    return decoder.mean(z)
+  return tf.sigmoid(decoder(z))
+
+
 def _reconstructions(tr, x, seed):
-  return tf.sigmoid(tr.decoder(posterior_sample(tr, x, seed))).numpy()
+  return decoder_mean(tr.decoder, posterior_sample(tr, x, seed)).numpy()
 
 
 def _samples(tr, count, latent_dim, seed):
   z = tf.random.stateless_normal([count, latent_dim], seed=[seed, 2])
-  return tf.sigmoid(tr.decoder(z)).numpy()
+  return decoder_mean(tr.decoder, z).numpy()
 
 
 # How the table prints a method whose config name is not its usual name.
@@ -106,13 +116,16 @@ DISPLAY_NAMES = {'vae_svi': 'vae+svi'}
 
 
 def format_table(rows: List[Dict]) -> str:
-  """Markdown table of the rows' headline numbers."""
-  head = ('| method | M | test log p(x) | K | test ELBO | parameters | train s | s/epoch '
-          '| encoder ms/batch | weight entropy |\n|---|---|---|---|---|---|---|---|---|---|\n')
+  """Markdown table of the rows' headline numbers (bits/dim too when a row has them: colour data)."""
+  bits = any('test_bits_per_dim' in r for r in rows)
+  head = ('| method | M | test log p(x) | ' + ('bits/dim | ' if bits else '') +
+          'K | test ELBO | parameters | train s | s/epoch | encoder ms/batch | weight entropy |\n'
+          '|---|---|---|' + ('---|' if bits else '') + '---|---|---|---|---|---|---|\n')
   lines = []
   for r in rows:
     lines.append(
         f'| {DISPLAY_NAMES.get(r["method"], r["method"])} | {r["num_components"]} | {r["test_log_likelihood"]:.2f} | '
+        + (f'{r["test_bits_per_dim"]:.3f} | ' if bits else '') +
         f'{r["num_importance_samples"]} | {r["test_elbo"]:.2f} | {r["num_parameters"]:,} | '
         f'{r["train_seconds"]:.0f} | {r["seconds_per_epoch"]:.1f} | '
         f'{r["encoder_ms_per_batch"]:.2f} | {r["weight_entropy"]:.3f} |')
@@ -125,8 +138,8 @@ def run_comparison(base: config_lib.Config, workdir: str, *,
                    test_examples: int = 0,
                    eval_seed: int = 0,
                    export: bool = True,
-                   load_data: Callable = data_lib.load_mnist,
-                   make_networks: Callable = networks.build_networks,
+                   load_data: Optional[Callable] = None,
+                   make_networks: Optional[Callable] = None,
                    log: Callable[[str], None] = print) -> List[Dict]:
   """Trains, evaluates and compares `methods`; returns the result rows.
 
@@ -138,7 +151,8 @@ def run_comparison(base: config_lib.Config, workdir: str, *,
     test_examples: evaluate the first N test images (0: all).
     eval_seed: seed of the test binarization and importance samples.
     export: export the RME SavedModel.
-    load_data, make_networks: injectable for tests.
+    load_data, make_networks: injectable for tests; None: what base.dataset and
+      base.network select (`rec_vae_tf.builders`).
     log: progress lines.
   """
   cfgs = [method_config(base, m) for m in methods]  # validate everything first
@@ -150,16 +164,22 @@ def run_comparison(base: config_lib.Config, workdir: str, *,
                                log=lambda s, m=cfg.method: log(f'[{m}] {s}'))
     splits = result.splits
     test = splits.test[:test_examples] if test_examples else splits.test
-    dataset = data_lib.make_eval_dataset(test, batch_size=cfg.eval_batch_size, seed=eval_seed)
+    dataset = data_lib.make_eval_dataset(test, batch_size=cfg.eval_batch_size, seed=eval_seed,
+                                         binarization=cfg.binarization)
     tr = result.trainer
     ev = _evaluate_cached(run_dir, tr, cfg, dataset, num_importance_samples, len(test),
                           eval_seed, lambda s, m=cfg.method: log(f'[{m}] {s}'))
     epochs_done = max(len(result.history), 1)
+    # Colour data is compared in bits per dimension as well (nats stay the headline).
+    bits = ({'test_bits_per_dim': likelihoods.bits_per_dim(ev['test_log_likelihood'],
+                                                           test.shape[1])}
+            if builders.is_colour(cfg) else {})
     rows.append({
         'method': cfg.method,
         'num_components': cfg.num_components,
         'active_components': int(tr.num_active.numpy()),
         'test_log_likelihood': ev['test_log_likelihood'],
+        **bits,
         'num_importance_samples': ev['num_importance_samples'],
         'test_elbo': ev['test_elbo'],
         'component_elbo': ev['component_elbo'],
@@ -188,19 +208,22 @@ def run_comparison(base: config_lib.Config, workdir: str, *,
   log('\n' + table)
 
   # Pictures.
-  side = int(round(np.sqrt(splits.test.shape[1])))
-  x = data_lib.make_eval_dataset(splits.test[:16], batch_size=16, seed=eval_seed)
+  x = data_lib.make_eval_dataset(splits.test[:16], batch_size=16, seed=eval_seed,
+                                 binarization=base.binarization)
   x = next(iter(x))
   recon = {'data': x.numpy()}
   samples = {}
   for method, tr in trainers.items():
     recon[method] = _reconstructions(tr, x, eval_seed)
     samples[method] = _samples(tr, 32, tr.cfg.latent_dim, eval_seed)
-  if side * side == splits.test.shape[1]:
+  image_shape = builders.spec(base).image_shape
+  if int(np.prod(image_shape)) == splits.test.shape[1]:  # not for injected odd-sized data
+    x_max = 255.0 if builders.is_colour(base) else 1.0
     plots.save_images(recon, os.path.join(workdir, 'reconstructions.png'),
-                      'test images and reconstructions (decoder mean at z ~ Q(z|x))')
+                      'test images and reconstructions (decoder mean at z ~ Q(z|x))',
+                      image_shape=image_shape, x_max=x_max)
     plots.save_images(samples, os.path.join(workdir, 'samples.png'),
-                      'samples: decoder mean at z ~ p(z)')
+                      'samples: decoder mean at z ~ p(z)', image_shape=image_shape, x_max=x_max)
   plots.save_training_curves(histories, os.path.join(workdir, 'training_curves.png'))
   plots.save_weights([r['method'] for r in rows], [r['mixture_weights'] for r in rows],
                      os.path.join(workdir, 'weights.png'))

@@ -3,7 +3,8 @@
 A dedicated `tf.Module` with explicit input signatures returns dicts of named
 tensors (B batch, M components, D latent size, P pixels):
 
-  serving_default / encode: images [B, P] float32 in [0, 1]
+  serving_default / encode: images [B, P] float32 in [0, 1] (binary data; for a
+      colour model with a discretized-logistic decoder: pixel values in [0, 255])
       -> log_weights [B, M], loc [B, M, D], scale [B, M, D]
       (the one-pass amortized posterior Q(z|x) = sum_j alpha_j N(loc_j, scale_j^2);
       inactive components carry log weight -1e9)
@@ -17,6 +18,8 @@ tensors (B batch, M components, D latent size, P pixels):
   decode: latents [B, D] float32 -> bernoulli_mean [B, P]
   sample: count int32 scalar in [1, MAX_COUNT] -> bernoulli_mean [count, P],
       latents [count, D] (z ~ p(z) = N(0, I))
+  (a colour model names the decoder's picture `pixel_mean` instead of
+  `bernoulli_mean`: `likelihoods.DiscretizedLogistic.mean`, in [0, 255])
 
 Every random draw uses a stateless seed fixed at export time: the same request
 gives the same answer. Inputs are checked in the graph (feature size, value
@@ -88,8 +91,11 @@ class InferenceModule(tf.Module):
     """Wraps trained networks.
 
     Args:
-      encoder: `networks.MixtureEncoder`, images [B, P] -> loc, scale [B, M, D], eps_logit [B, M].
-      decoder: `networks.BernoulliDecoder`, latents [..., D] -> logits [..., P].
+      encoder: `networks.MixtureEncoder` or `conv_networks.ConvMixtureEncoder`,
+        images [B, P] -> loc, scale [B, M, D], eps_logit [B, M].
+      decoder: `networks.BernoulliDecoder` (latents [..., D] -> logits [..., P])
+        or a `conv_networks.ConvDecoder` (its `.mean(z)` and `likelihood.x_max`
+        give the picture and the input range).
       num_active: active mixture components (the rest get weight zero).
       num_pixels: P, the feature size of an image.
       seed: stateless seed of every random draw (a non-negative int32).
@@ -112,6 +118,10 @@ class InferenceModule(tf.Module):
     self.num_importance_samples = int(num_importance_samples)
     self.chunk = min(int(chunk), self.num_importance_samples)
     self.num_parameters = networks.count_parameters(encoder, decoder)
+    # Largest pixel value the model reads: 1 for binary data (and Bernoulli
+    # decoders without a likelihood object), 255 for a discretized logistic.
+    self.x_max = float(getattr(getattr(decoder, 'likelihood', None), 'x_max', 1.0))
+    self.mean_name = 'bernoulli_mean' if self.x_max == 1.0 else 'pixel_mean'
     self._num_active = tf.constant(self.num_active, tf.int32)
     self._tf_vars = [v.value for layer in (encoder, decoder) for v in layer.variables]
     images = tf.TensorSpec([None, None], tf.float32, name='images')
@@ -167,10 +177,21 @@ class InferenceModule(tf.Module):
       return tf.reshape(flat, [-1, width])
 
   def _checked_images(self, images):
+    if self.x_max != 1.0:
+      return self._checked_matrix(
+          images, 'images', self.num_pixels,
+          f'flattened pixel values, float32 in [0, {self.x_max:g}], channels last',
+          low=0.0, high=self.x_max, range_hint=' (8-bit pixel values as floats)')
     return self._checked_matrix(
         images, 'images', self.num_pixels,
         'flattened pixel intensities, float32 in [0, 1]: divide uint8 images by 255',
         low=0.0, high=1.0, range_hint=' (pixel intensities: divide 0..255 pixels by 255)')
+
+  def _decoder_mean(self, z):
+    """The decoder's picture of p(x|z): [..., D] -> [..., P] (sigmoid of dense Bernoulli logits)."""
+    if hasattr(self._decoder, 'mean'):
+      return self._decoder.mean(z)
+    return tf.sigmoid(self._decoder(z))
 
   # ----- signatures ----------------------------------------------------------
 
@@ -209,12 +230,12 @@ class InferenceModule(tf.Module):
   def _reconstruct(self, images):
     _, log_alpha, loc, scale = self._posterior(images)
     z = posterior.q_z_given_x(log_alpha, loc, scale).sample(seed=self._seed(0))  # [B, D]
-    return {'bernoulli_mean': tf.sigmoid(self._decoder(z))}  # [B, P]
+    return {self.mean_name: self._decoder_mean(z)}  # [B, P]
 
   def _decode(self, latents):
     z = self._checked_matrix(latents, 'latents', self.latent_dim,
                              'float32 points of the latent space')  # [B, D]
-    return {'bernoulli_mean': tf.sigmoid(self._decoder(z))}  # [B, P]
+    return {self.mean_name: self._decoder_mean(z)}  # [B, P]
 
   def _sample(self, count):
     message = f'count must be an int32 scalar in [1, {MAX_COUNT}]; got'
@@ -229,13 +250,13 @@ class InferenceModule(tf.Module):
     with tf.control_dependencies([range_check]):
       shape = tf.stack([tf.identity(count), self.latent_dim])
     z = tf.random.stateless_normal(shape, seed=self._seed(1))  # [count, D]
-    return {'bernoulli_mean': tf.sigmoid(self._decoder(z)), 'latents': z}
+    return {self.mean_name: self._decoder_mean(z), 'latents': z}
 
   # ----- warmup --------------------------------------------------------------
 
   def warmup_inputs(self) -> Dict[str, Dict[str, np.ndarray]]:
     """Small realistic inputs per signature: images are decoder means of prior samples."""
-    images = self.sample(tf.constant(_WARMUP_BATCH))['bernoulli_mean'].numpy()  # [2, P]
+    images = self.sample(tf.constant(_WARMUP_BATCH))[self.mean_name].numpy()  # [2, P]
     latents = np.random.default_rng(self.seed).standard_normal(
         [_WARMUP_BATCH, self.latent_dim]).astype(np.float32)  # [2, D]
     per_input = {'images': {'images': images}, 'latents': {'latents': latents},
@@ -497,6 +518,7 @@ def export_saved_model(module: InferenceModule, model_dir: str, *,
         'num_components': module.num_components,
         'latent_dim': module.latent_dim,
         'num_pixels': module.num_pixels,
+        'input_max': module.x_max,
         'num_parameters': module.num_parameters,
         'max_count': MAX_COUNT,
         'warmup_requests': [name for _, (name, _) in warmup],

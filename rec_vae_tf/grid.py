@@ -1,7 +1,10 @@
 """The paper's comparison as a grid of cells: methods x components x seeds (launch/reproduce.py).
 
 A *cell* is one trained model evaluated on one split: (variant, M, seed,
-config overrides, split). Every cell goes through the same data, decoder,
+config overrides, split), on one dataset with one network size: datasets and
+networks are grid axes too (default mnist and small; a cell's id and training
+directory name them only when they differ from those, so ids of MNIST cells
+are the same as before the axes existed). Every cell goes through the same data, decoder,
 trainer, checkpointing and evaluation (`trainer.train`, `likelihood.evaluate`).
 
   * Training directories are keyed by the full config (`runs/<name>-<hash>`),
@@ -105,7 +108,18 @@ class Cell:
   @property
   def cell_id(self) -> str:
     tag = self.ablation or self.variant
-    return f'{self.split}__{tag}__M{self.config.num_components}__s{self.config.seed}'
+    return (f'{self.split}__{tag}__M{self.config.num_components}__s{self.config.seed}'
+            + ''.join(f'__{v}' for v in _axes_tags(self.config)))
+
+
+DEFAULT_DATASET = config_lib.Config.dataset
+DEFAULT_NETWORK = config_lib.Config.network
+
+
+def _axes_tags(cfg: config_lib.Config) -> List[str]:
+  """The dataset and network of cfg where they are not the defaults (mnist, small)."""
+  return [v for v, default in ((cfg.dataset, DEFAULT_DATASET), (cfg.network, DEFAULT_NETWORK))
+          if v != default]
 
 
 # ------------------------------------------------------------------ capacity
@@ -153,13 +167,82 @@ def variant_config(base: config_lib.Config, variant: str, num_components: int,
   return experiment.method_config(cfg, VARIANTS[variant])
 
 
+DATASET_PLACEHOLDER = '{dataset}'
+
+
+def dataset_config(base: config_lib.Config, dataset: str, network: str) -> config_lib.Config:
+  """base on `dataset` with `network`, validated.
+
+  base.data_dir may contain '{dataset}' (e.g. data/{dataset}), replaced by the
+  dataset's name; the binarization stays base's where the dataset allows it,
+  else it is the dataset's default (fixed for binarized_mnist, none for svhn).
+  """
+  if dataset not in config_lib.DATASETS:
+    raise errors.ConfigError(f'invalid flag: datasets contains {dataset!r}; allowed: '
+                             f'{", ".join(config_lib.DATASETS)}')
+  if network not in config_lib.NETWORKS:
+    raise errors.ConfigError(f'invalid flag: networks contains {network!r}; allowed: '
+                             f'{", ".join(config_lib.NETWORKS)}')
+  binarization = (base.binarization if base.binarization in
+                  config_lib.DATASET_BINARIZATIONS[dataset]
+                  else config_lib.default_binarization(dataset))
+  return base.replace(dataset=dataset, network=network, binarization=binarization,
+                      data_dir=base.data_dir.replace(DATASET_PLACEHOLDER, dataset)).validate()
+
+
 def plan(base: config_lib.Config, preset: Preset, *, ablation: bool = False,
          variants: Optional[Sequence[str]] = None, seeds: Optional[Sequence[int]] = None,
-         component_grid: Optional[Sequence[int]] = None) -> List[Cell]:
-  """Every cell of the grid, validated, in run order."""
+         component_grid: Optional[Sequence[int]] = None,
+         datasets: Optional[Sequence[str]] = None,
+         networks: Optional[Sequence[str]] = None) -> List[Cell]:
+  """Every cell of the grid, validated, in run order.
+
+  datasets, networks: grid axes (None: base's dataset and network); every
+  dataset runs with every network, except that colour datasets (svhn,
+  celeba) skip the dense ones. Several datasets need base.data_dir with
+  '{dataset}' in it (their files differ but share names, e.g. mnist's and
+  fashion_mnist's IDX files). vae_matched (a wider dense encoder) has no conv
+  counterpart: it is left out for conv networks, and an error when asked for
+  by name with conv networks only.
+  """
   base = base.replace(epochs=preset.epochs, epochs_per_component=preset.epochs_per_component,
                       num_components=preset.num_components,
                       train_examples=preset.train_examples or base.train_examples)
+  datasets = tuple(datasets or (base.dataset,))
+  networks = tuple(networks or (base.network,))
+  if len(set(datasets)) > 1 and DATASET_PLACEHOLDER not in base.data_dir:
+    raise errors.ConfigError(
+        f'invalid flag: data_dir={base.data_dir!r}; allowed: a path containing '
+        f'{DATASET_PLACEHOLDER} (e.g. data/{DATASET_PLACEHOLDER}) when the grid has several '
+        'datasets')
+  if ablation and (len(datasets) > 1 or len(networks) > 1):
+    raise errors.ConfigError('invalid flag: the ablation grid runs one dataset and one network '
+                             f'at a time; got datasets={",".join(datasets)} '
+                             f'networks={",".join(networks)}')
+  # Colour datasets have no dense networks: those pairs are left out of the
+  # cross product (a colour dataset with only dense networks fails validation).
+  pairs = [(d, n) for d in datasets for n in networks
+           if not (d in config_lib.COLOUR_DATASETS and n in config_lib.DENSE_NETWORKS)]
+  for d in datasets:
+    if all(d != pd for pd, _ in pairs):
+      dataset_config(base, d, networks[0])  # raises: names what the dataset allows
+  bases = [dataset_config(base, d, n) for d, n in pairs]
+  if (not ablation and variants and 'vae_matched' in variants and
+      all(n in config_lib.CONV_NETWORKS for n in networks)):
+    raise errors.ConfigError(
+        f'invalid flag: methods contains vae_matched, which has no conv version (networks='
+        f'{",".join(networks)}); allowed: the other methods, or a dense network too')
+  cells = []
+  for axis_base in bases:
+    cells.extend(_plan_one(axis_base, preset, ablation=ablation, variants=variants, seeds=seeds,
+                           component_grid=component_grid))
+  return cells
+
+
+def _plan_one(base: config_lib.Config, preset: Preset, *, ablation: bool,
+              variants: Optional[Sequence[str]], seeds: Optional[Sequence[int]],
+              component_grid: Optional[Sequence[int]]) -> List[Cell]:
+  """`plan` for one dataset and network (base's)."""
   seeds = tuple(seeds if seeds is not None else preset.seeds)
   cells = []
   if ablation:
@@ -179,6 +262,8 @@ def plan(base: config_lib.Config, preset: Preset, *, ablation: bool = False,
     if variant not in VARIANTS:
       raise errors.ConfigError(
           f'invalid flag: methods contains {variant!r}; allowed: {", ".join(VARIANTS)}')
+  if base.network in config_lib.CONV_NETWORKS:  # vae_matched widens a dense encoder
+    variants = tuple(v for v in variants if v != 'vae_matched')
   grid = sorted(set(component_grid if component_grid is not None else preset.component_grid)
                 | {preset.num_components})
   for seed in seeds:
@@ -192,13 +277,14 @@ def plan(base: config_lib.Config, preset: Preset, *, ablation: bool = False,
 def run_name(cfg: config_lib.Config) -> str:
   """Training directory name: readable prefix and a hash of the whole config."""
   digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
-  return f'{cfg.method}-M{cfg.num_components}-s{cfg.seed}-{digest}'
+  axes = ''.join(f'{v}-' for v in _axes_tags(cfg))  # dataset / network, when not the defaults
+  return f'{cfg.method}-{axes}M{cfg.num_components}-s{cfg.seed}-{digest}'
 
 
 # ----------------------------------------------------------------------- run
 def run_cell(cell: Cell, workdir: str, *, num_importance_samples: int, examples: int,
-             load_data: Callable, make_networks: Callable, log: Callable[[str], None],
-             eval_seed: int = 0) -> Dict:
+             load_data: Optional[Callable], make_networks: Optional[Callable],
+             log: Callable[[str], None], eval_seed: int = 0) -> Dict:
   """Trains (or resumes) the cell's model and evaluates it on its split; returns its row."""
   from rec_vae_tf import likelihood  # pylint: disable=g-import-not-at-top
   from rec_vae_tf import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
@@ -209,7 +295,8 @@ def run_cell(cell: Cell, workdir: str, *, num_importance_samples: int, examples:
   tr = result.trainer
   images = result.splits.test if cell.split == 'test' else result.splits.valid
   images = images[:examples] if examples else images
-  dataset = data_lib.make_eval_dataset(images, batch_size=cfg.eval_batch_size, seed=eval_seed)
+  dataset = data_lib.make_eval_dataset(images, batch_size=cfg.eval_batch_size, seed=eval_seed,
+                                       binarization=cfg.binarization)
   start = time.perf_counter()
   ev = likelihood.evaluate(tr.encoder, tr.decoder, dataset, tr.num_active.numpy(),
                            num_samples=num_importance_samples, chunk=cfg.eval_chunk,
@@ -223,7 +310,10 @@ def run_cell(cell: Cell, workdir: str, *, num_importance_samples: int, examples:
       'split': cell.split,
       'num_components': cfg.num_components,
       'seed': cfg.seed,
+      'dataset': cfg.dataset,
+      'network': cfg.network,
       'log_likelihood': ev['test_log_likelihood'],
+      'bits_per_dim': ev['test_bits_per_dim'],
       'elbo': ev['test_elbo'],
       'num_importance_samples': ev['num_importance_samples'],
       'num_examples': ev['num_examples'],
@@ -243,9 +333,14 @@ def run_cell(cell: Cell, workdir: str, *, num_importance_samples: int, examples:
 
 
 def run_grid(cells: Sequence[Cell], workdir: str, *, num_importance_samples: int,
-             test_examples: int, valid_examples: int, load_data: Callable,
-             make_networks: Callable, log: Callable[[str], None] = print) -> List[Dict]:
-  """Runs every unfinished cell (finished ones are read back); returns all rows."""
+             test_examples: int, valid_examples: int, load_data: Optional[Callable] = None,
+             make_networks: Optional[Callable] = None,
+             log: Callable[[str], None] = print) -> List[Dict]:
+  """Runs every unfinished cell (finished ones are read back); returns all rows.
+
+  load_data, make_networks: injectable for tests; None: what each cell's config
+  selects (`rec_vae_tf.builders`, through `trainer.train`).
+  """
   from rec_vae_tf import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   trainer_lib.check_workdir(workdir)
   os.makedirs(os.path.join(workdir, 'cells'), exist_ok=True)
@@ -261,7 +356,7 @@ def run_grid(cells: Sequence[Cell], workdir: str, *, num_importance_samples: int
         rows.append(row)
         continue
       log(f'{path} was written for another config; running the cell again')
-    tag = cell.ablation or cell.variant
+    tag = ' '.join([cell.ablation or cell.variant] + _axes_tags(cell.config))
     log(f'[{i + 1}/{len(cells)}] {tag} M={cell.config.num_components} seed={cell.config.seed} '
         f'({cell.split}; {time.perf_counter() - start:.0f}s into this run)')
     row = run_cell(cell, workdir, num_importance_samples=num_importance_samples,
@@ -281,7 +376,8 @@ def _cell_path(workdir: str, cell: Cell) -> str:
 
 # ------------------------------------------------------------------- reports
 CSV_FIELDS = ('cell', 'variant', 'method', 'ablation', 'split', 'num_components', 'seed',
-              'log_likelihood', 'elbo', 'num_importance_samples', 'num_examples',
+              'dataset', 'network', 'log_likelihood', 'bits_per_dim', 'elbo',
+              'num_importance_samples', 'num_examples',
               'num_parameters', 'num_encoder_parameters', 'train_seconds', 'seconds_per_epoch',
               'inference_ms_per_batch', 'eval_batch_size', 'weight_entropy',
               'best_validation_elbo', 'run_dir')
@@ -308,16 +404,28 @@ def _pm(mean: float, std: float, digits: int = 2) -> str:
   return f'{mean:.{digits}f} ± {std:.{digits}f}'
 
 
-def summarize(rows: Sequence[Dict], key=('variant', 'num_components')) -> List[Dict]:
+# Row fields that rows written before they existed lack.
+_ROW_DEFAULTS = {'dataset': DEFAULT_DATASET, 'network': DEFAULT_NETWORK}
+
+
+def _field(row: Dict, name: str):
+  return row[name] if name in row else _ROW_DEFAULTS[name]
+
+
+def summarize(rows: Sequence[Dict],
+              key=('dataset', 'network', 'variant', 'num_components')) -> List[Dict]:
   """Mean and std over seeds of each group of rows (grouped by `key`), in first-seen order."""
   groups: Dict[tuple, List[Dict]] = {}
   for r in rows:
-    groups.setdefault(tuple(r[k] for k in key), []).append(r)
+    groups.setdefault(tuple(_field(r, k) for k in key), []).append(r)
   out = []
   for k, rs in groups.items():
     entry = dict(zip(key, k))
     entry['seeds'] = len(rs)
-    for field in ('log_likelihood', 'elbo', 'seconds_per_epoch', 'inference_ms_per_batch'):
+    fields = ['log_likelihood', 'elbo', 'seconds_per_epoch', 'inference_ms_per_batch']
+    if all('bits_per_dim' in r for r in rs):
+      fields.append('bits_per_dim')
+    for field in fields:
       entry[field], entry[field + '_std'] = _mean_std([r[field] for r in rs])
     entry['num_parameters'] = rs[0]['num_parameters']
     entry['num_importance_samples'] = rs[0]['num_importance_samples']
@@ -327,14 +435,29 @@ def summarize(rows: Sequence[Dict], key=('variant', 'num_components')) -> List[D
 
 
 def method_table(rows: Sequence[Dict]) -> str:
-  """Markdown: one line per (variant, M), mean ± std over seeds."""
+  """Markdown: one line per (variant, M), mean ± std over seeds.
+
+  With a dataset or network other than mnist / small in the rows, a line is per
+  (dataset, network, variant, M) and the table gets those columns; with a
+  colour dataset, a bits/dim column (blank for binary datasets).
+  """
   summary = summarize([r for r in rows if r['split'] == 'test'])
-  lines = ['| method | M | seeds | test log p(x) | test ELBO | parameters | s/epoch '
-           '| inference ms/batch |', '|---|---|---|---|---|---|---|---|']
+  axes = any((s['dataset'], s['network']) != (DEFAULT_DATASET, DEFAULT_NETWORK)
+             for s in summary)
+  bits = any(s['dataset'] in config_lib.COLOUR_DATASETS for s in summary)
+  lines = ['| ' + ('dataset | network | ' if axes else '') + 'method | M | seeds | test log p(x) | '
+           + ('bits/dim | ' if bits else '') + 'test ELBO | parameters | s/epoch '
+           '| inference ms/batch |',
+           '|' + '---|' * (8 + 2 * axes + bits)]
   for s in summary:
+    colour = s['dataset'] in config_lib.COLOUR_DATASETS and 'bits_per_dim' in s
     lines.append(
-        f'| {DISPLAY.get(s["variant"], s["variant"])} | {s["num_components"]} | {s["seeds"]} | '
-        f'{_pm(s["log_likelihood"], s["log_likelihood_std"])} | {_pm(s["elbo"], s["elbo_std"])} | '
+        '| ' + (f'{s["dataset"]} | {s["network"]} | ' if axes else '') +
+        f'{DISPLAY.get(s["variant"], s["variant"])} | {s["num_components"]} | {s["seeds"]} | '
+        f'{_pm(s["log_likelihood"], s["log_likelihood_std"])} | '
+        + ((f'{_pm(s["bits_per_dim"], s["bits_per_dim_std"], 3)} | ' if colour else ' | ')
+           if bits else '') +
+        f'{_pm(s["elbo"], s["elbo_std"])} | '
         f'{s["num_parameters"]:,} | {_pm(s["seconds_per_epoch"], s["seconds_per_epoch_std"], 1)} | '
         f'{_pm(s["inference_ms_per_batch"], s["inference_ms_per_batch_std"])} |')
   if summary:
@@ -368,6 +491,20 @@ def ablation_table(rows: Sequence[Dict]) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def _by_axes(items: Sequence[Dict]) -> Dict[Tuple[str, str], List[Dict]]:
+  """Rows or summary entries grouped by (dataset, network), in first-seen order."""
+  groups: Dict[Tuple[str, str], List[Dict]] = {}
+  for item in items:
+    groups.setdefault((_field(item, 'dataset'), _field(item, 'network')), []).append(item)
+  return groups
+
+
+def _axes_suffix(dataset: str, network: str) -> str:
+  """'' for mnist / small, else e.g. '_svhn_conv_small': the suffix of a plot's file name."""
+  return ''.join(f'_{v}' for v, default in ((dataset, DEFAULT_DATASET), (network, DEFAULT_NETWORK))
+                 if v != default)
+
+
 def write_reports(rows: Sequence[Dict], workdir: str) -> Dict[str, str]:
   """The rows as JSON and CSV, table.md and its plots or ablation.md; returns the markdown.
 
@@ -381,8 +518,13 @@ def write_reports(rows: Sequence[Dict], workdir: str) -> Dict[str, str]:
   if any(r['split'] == 'test' for r in rows):
     out['table.md'] = method_table(rows)
     summary = summarize([r for r in rows if r['split'] == 'test'])
-    plots.save_ll_vs_components(summary, os.path.join(workdir, 'll_vs_components.png'), DISPLAY)
-    plots.save_ll_vs_time(summary, os.path.join(workdir, 'll_vs_inference_time.png'), DISPLAY)
+    # One pair of plots per (dataset, network); file names carry them unless mnist / small.
+    for (dataset, network), group in _by_axes(summary).items():
+      stem = _axes_suffix(dataset, network)
+      plots.save_ll_vs_components(group, os.path.join(workdir, f'll_vs_components{stem}.png'),
+                                  DISPLAY)
+      plots.save_ll_vs_time(group, os.path.join(workdir, f'll_vs_inference_time{stem}.png'),
+                            DISPLAY)
   if any(r['split'] == 'valid' for r in rows):
     out['ablation.md'] = ablation_table(rows)
   for name, text in out.items():
@@ -394,33 +536,48 @@ def write_reports(rows: Sequence[Dict], workdir: str) -> Dict[str, str]:
 
 
 def save_pictures(rows: Sequence[Dict], workdir: str, *, num_components: int,
-                  make_networks: Callable, eval_seed: int = 0) -> None:
-  """samples.png and reconstructions.png: one row per method (first seed, default M)."""
+                  make_networks: Optional[Callable] = None, load_data: Optional[Callable] = None,
+                  eval_seed: int = 0) -> None:
+  """samples.png and reconstructions.png: one row per method (first seed, default M).
+
+  One pair per (dataset, network), named like the plots of `write_reports`
+  (samples_svhn_conv_small.png, ...). make_networks, load_data: None selects
+  what each run's config names (`rec_vae_tf.builders`).
+  """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf import builders  # pylint: disable=g-import-not-at-top
   from rec_vae_tf import experiment  # pylint: disable=g-import-not-at-top
   from rec_vae_tf import plots  # pylint: disable=g-import-not-at-top
   from rec_vae_tf import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
-  picked = {}
-  for r in rows:
-    if r['split'] == 'test' and (r['variant'] not in MIXTURE_VARIANTS or
-                                 r['num_components'] == num_components):
-      picked.setdefault(r['variant'], r)
-  if not picked:
-    return
-  splits = data_lib.load_mnist(next(iter(picked.values()))['config']['data_dir'])
-  x = next(iter(data_lib.make_eval_dataset(splits.test[:16], batch_size=16, seed=eval_seed)))
-  side = int(round(math.sqrt(x.shape[1])))
-  recon, samples = {'data': x.numpy()}, {}
-  for variant, r in picked.items():
-    _, tr, _ = trainer_lib.restore_for_evaluation(os.path.join(workdir, r['run_dir']),
-                                                  make_networks=make_networks,
-                                                  num_pixels=x.shape[1])
-    name = DISPLAY.get(variant, variant)
-    recon[name] = tf.sigmoid(tr.decoder(experiment.posterior_sample(tr, x, eval_seed))).numpy()
-    z = tf.random.stateless_normal([32, tr.cfg.latent_dim], seed=[eval_seed, 2])
-    samples[name] = tf.sigmoid(tr.decoder(z)).numpy()
-  if side * side == x.shape[1]:
-    plots.save_images(recon, os.path.join(workdir, 'reconstructions.png'),
-                      'test images and reconstructions (decoder mean at z ~ q(z|x))')
-    plots.save_images(samples, os.path.join(workdir, 'samples.png'),
-                      'samples: decoder mean at z ~ p(z)')
+  tests = [r for r in rows if r['split'] == 'test']
+  for (dataset, network), group in _by_axes(tests).items():
+    picked = {}
+    for r in group:
+      if r['variant'] not in MIXTURE_VARIANTS or r['num_components'] == num_components:
+        picked.setdefault(r['variant'], r)
+    if not picked:
+      continue
+    cfg = config_lib.Config.from_dict(next(iter(picked.values()))['config'])
+    splits = (load_data or builders.load_data_fn(cfg))(cfg.data_dir)
+    x = next(iter(data_lib.make_eval_dataset(splits.test[:16], batch_size=16, seed=eval_seed,
+                                             binarization=cfg.binarization)))
+    recon, samples = {'data': x.numpy()}, {}
+    for variant, r in picked.items():
+      _, tr, _ = trainer_lib.restore_for_evaluation(os.path.join(workdir, r['run_dir']),
+                                                    make_networks=make_networks,
+                                                    num_pixels=x.shape[1])
+      name = DISPLAY.get(variant, variant)
+      recon[name] = experiment.decoder_mean(
+          tr.decoder, experiment.posterior_sample(tr, x, eval_seed)).numpy()
+      z = tf.random.stateless_normal([32, tr.cfg.latent_dim], seed=[eval_seed, 2])
+      samples[name] = experiment.decoder_mean(tr.decoder, z).numpy()
+    image_shape = builders.spec(cfg).image_shape
+    if int(np.prod(image_shape)) != x.shape[1]:  # injected data of another size: no pictures
+      continue
+    x_max = 255.0 if builders.is_colour(cfg) else 1.0
+    stem = _axes_suffix(dataset, network)
+    plots.save_images(recon, os.path.join(workdir, f'reconstructions{stem}.png'),
+                      'test images and reconstructions (decoder mean at z ~ q(z|x))',
+                      image_shape=image_shape, x_max=x_max)
+    plots.save_images(samples, os.path.join(workdir, f'samples{stem}.png'),
+                      'samples: decoder mean at z ~ p(z)', image_shape=image_shape, x_max=x_max)

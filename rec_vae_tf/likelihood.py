@@ -28,6 +28,7 @@ from typing import Dict, NamedTuple
 import numpy as np
 import tensorflow as tf
 
+from rec_vae_tf import likelihoods
 from rec_vae_tf import objective
 from rec_vae_tf import posterior
 
@@ -290,7 +291,8 @@ def evaluate(encoder, decoder, dataset, num_active, *, num_samples: int, chunk: 
 
   Args:
     encoder, decoder: the trained networks.
-    dataset: batches of binary images [B, P] (evaluated once each).
+    dataset: batches of images [B, P] (evaluated once each): binary, or pixel
+      values for a discretized-logistic decoder.
     num_active: number of active mixture components.
     num_samples: K importance samples per image.
     chunk: samples per compiled chunk.
@@ -302,19 +304,22 @@ def evaluate(encoder, decoder, dataset, num_active, *, num_samples: int, chunk: 
     flow: None, or the flow of iaf / hf (`trainer.Trainer.flow`): the
       proposal and ELBO then use the flow posterior.
   Returns:
-    dict with test_log_likelihood, test_elbo, component_elbo, mixture_weights,
+    dict with test_log_likelihood (nats per image), test_bits_per_dim
+    (-test_log_likelihood / (P ln 2), the unit colour-image results are given
+    in), num_dims (P), test_elbo, component_elbo, mixture_weights,
     weight_entropy, num_importance_samples, num_examples, encoder_ms_per_batch.
   """
   ev = Evaluator(encoder, decoder, xla=xla, refine=refine, flow=flow)
   num_active = tf.constant(int(num_active), tf.int32)
   elbo = evaluate_elbo(encoder, decoder, dataset, num_active, seed=seed + 1, evaluator=ev)
-  total, count = 0.0, 0
+  total, count, num_dims = 0.0, 0, None
   start = time.perf_counter()
   batches = None
   for i, x in enumerate(dataset):
     ll = ev.log_likelihood(x, num_active, num_samples, chunk, seed=seed * 100003 + i)
     total += float(ll.sum())
     count += ll.shape[0]
+    num_dims = int(x.shape[-1])
     if log is not None and (i + 1) % 10 == 0:
       elapsed = time.perf_counter() - start
       batches = batches or sum(1 for _ in dataset)
@@ -322,6 +327,8 @@ def evaluate(encoder, decoder, dataset, num_active, *, num_samples: int, chunk: 
           f'{total / count:.3f}, ETA {elapsed / (i + 1) * (batches - i - 1):.0f}s')
   encoder_ms = encoder_time_ms(ev, dataset, num_active)
   return {'test_log_likelihood': total / count,
+          'test_bits_per_dim': likelihoods.bits_per_dim(total / count, num_dims),
+          'num_dims': num_dims,
           'test_elbo': elbo['mixture_elbo'],
           'component_elbo': elbo['component_elbo'],
           'mixture_weights': elbo['mixture_weights'],

@@ -5,7 +5,7 @@ atomically (temporary name, then rename) and returns its path.
 """
 
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import matplotlib
 
@@ -22,23 +22,42 @@ def _save(fig, path: str) -> str:
   return path
 
 
-def image_grid(images: np.ndarray, rows: int, side: int = 28) -> np.ndarray:
-  """[N, side*side] -> one [rows*side, cols*side] mosaic."""
+def image_grid(images: np.ndarray, rows: int, side: int = 28,
+               image_shape: Optional[Sequence[int]] = None) -> np.ndarray:
+  """Flattened images [N, H*W*C] -> one mosaic of `rows` rows.
+
+  Args:
+    images: [N, H * W * C], each row an image flattened row-major, channels last.
+    rows: rows of the mosaic.
+    side: H = W for grey square images (when image_shape is None).
+    image_shape: (H, W, C); None means (side, side, 1).
+  Returns:
+    [rows * H, cols * W] for one channel, [rows * H, cols * W, C] otherwise;
+    empty cells are 1 (white in [0, 1] units).
+  """
+  height, width, channels = tuple(image_shape) if image_shape is not None else (side, side, 1)
   n = images.shape[0]
   cols = int(np.ceil(n / rows))
-  grid = np.ones((rows * side, cols * side), np.float32)
+  grid = np.ones((rows * height, cols * width, channels), np.float32)
   for i in range(n):
     r, c = divmod(i, cols)
-    grid[r * side:(r + 1) * side, c * side:(c + 1) * side] = images[i].reshape(side, side)
-  return grid
+    grid[r * height:(r + 1) * height, c * width:(c + 1) * width] = images[i].reshape(
+        height, width, channels)
+  return grid[..., 0] if channels == 1 else grid
 
 
-def save_images(rows_of_images: Dict[str, np.ndarray], path: str, title: str) -> str:
-  """One labelled mosaic row per entry (e.g. data / rme / vae)."""
+def save_images(rows_of_images: Dict[str, np.ndarray], path: str, title: str,
+                image_shape: Optional[Sequence[int]] = None, x_max: float = 1.0) -> str:
+  """One labelled mosaic row per entry (e.g. data / rme / vae).
+
+  image_shape: (H, W, C) of the flattened images (None: 28x28 grey); x_max:
+  the value of white (1 for binary data and Bernoulli means, 255 for pixel values).
+  """
   fig, axes = plt.subplots(len(rows_of_images), 1,
                            figsize=(12, 1.6 * len(rows_of_images) + 0.4), squeeze=False)
   for ax, (label, images) in zip(axes[:, 0], rows_of_images.items()):
-    ax.imshow(image_grid(images, rows=2), cmap='gray', vmin=0, vmax=1)
+    grid = image_grid(np.asarray(images, np.float32) / x_max, rows=2, image_shape=image_shape)
+    ax.imshow(np.clip(grid, 0.0, 1.0), cmap='gray', vmin=0, vmax=1)
     ax.set_ylabel(label, rotation=0, ha='right', va='center')
     ax.set_xticks([])
     ax.set_yticks([])

@@ -51,6 +51,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from rec_vae_tf import builders
 from rec_vae_tf import config as config_lib
 from rec_vae_tf import data as data_lib
 from rec_vae_tf import errors
@@ -144,10 +145,13 @@ class Trainer:
   """Owns the networks, optimizer, checkpoint and the compiled step of one run."""
 
   def __init__(self, cfg: config_lib.Config, workdir: str, *,
-               make_networks: Callable = networks.build_networks,
-               num_pixels: int = 784):
+               make_networks: Optional[Callable] = None,
+               num_pixels: Optional[int] = None):
     self.cfg = cfg
     self.workdir = workdir
+    # None: the networks and image size cfg.network and cfg.dataset select (rec_vae_tf.builders).
+    make_networks = make_networks or builders.make_networks_fn(cfg)
+    num_pixels = num_pixels or builders.num_pixels(cfg)
     # mixed_precision and encoder_hidden_units are passed only when set, so
     # factories without them keep working.
     extra = {}
@@ -647,8 +651,8 @@ def check_workdir(workdir: str) -> None:
 
 
 def train(cfg: config_lib.Config, workdir: str, *,
-          load_data: Callable = data_lib.load_mnist,
-          make_networks: Callable = networks.build_networks,
+          load_data: Optional[Callable] = None,
+          make_networks: Optional[Callable] = None,
           log: Callable[[str], None] = print,
           stop_after_steps: Optional[int] = None) -> TrainResult:
   """Trains (or resumes) a run in `workdir`.
@@ -657,8 +661,10 @@ def train(cfg: config_lib.Config, workdir: str, *,
     cfg: validated config.
     workdir: run directory; holds config.json, checkpoints/, best/, history.json,
       summaries/. An existing run with a different config is refused.
-    load_data: (data_dir, train_examples=..) -> data.Splits (injectable for tests).
-    make_networks: builds (encoder, decoder) like `networks.build_networks`.
+    load_data: (data_dir, train_examples=..) -> data.Splits (injectable for tests);
+      None: cfg.dataset's loader (`builders.load_data_fn`).
+    make_networks: builds (encoder, decoder) like `networks.build_networks`;
+      None: cfg.network's networks for cfg.dataset (`builders.make_networks_fn`).
     log: receives progress lines.
     stop_after_steps: stop (after checkpointing) once the global step reaches
       this value; for tests of interruption and resumption.
@@ -693,6 +699,7 @@ def _train(cfg: config_lib.Config, workdir: str, preemption: _PreemptionGuard, *
       raise errors.UserError(
           f'{workdir} holds a run with a different config (fields {", ".join(changed)}); '
           'use a new --workdir or the same flags to resume')
+  load_data = load_data or builders.load_data_fn(cfg)
   splits = load_data(cfg.data_dir, train_examples=cfg.train_examples or None)
   cfg.save(config_file)
 
@@ -714,7 +721,7 @@ def _train(cfg: config_lib.Config, workdir: str, preemption: _PreemptionGuard, *
   if restored:
     log(f'resumed from {restored}: step {step}, {int(trainer.num_active.numpy())} active components')
   valid_ds = data_lib.make_eval_dataset(splits.valid, batch_size=cfg.eval_batch_size,
-                                        seed=cfg.seed + 1)
+                                        seed=cfg.seed + 1, binarization=cfg.binarization)
   # One evaluator for the whole run: a new one per epoch would retrace (and
   # XLA-compile) the validation step every epoch.
   # savae / vae_svi are validated (and selected) with their refined posterior.
@@ -850,14 +857,16 @@ def _train(cfg: config_lib.Config, workdir: str, preemption: _PreemptionGuard, *
 
 
 def restore_for_evaluation(workdir: str, *, which: str = 'best',
-                           make_networks: Callable = networks.build_networks,
-                           num_pixels: int = 784, log: Callable[[str], None] = print):
+                           make_networks: Optional[Callable] = None,
+                           num_pixels: Optional[int] = None,
+                           log: Callable[[str], None] = print):
   """Loads a run's networks for evaluation or export.
 
   Args:
     workdir: a run directory written by `train`.
     which: 'best' (the validation-selected state), 'latest' (the newest readable
       checkpoint, `Trainer.restore_latest`), or a checkpoint path.
+    make_networks, num_pixels: as `Trainer`; None: what the run's config selects.
     log: receives warning lines (an unreadable latest checkpoint skipped).
   Returns:
     (cfg, trainer, checkpoint_path) with trainer.num_active set to the restored count.

@@ -678,7 +678,8 @@ def test_train_dataset_mean_matches_pixel_mean():
 
 
 @pytest.mark.parametrize("kwargs,fragment", [
-    (dict(binarization="fixed"), "binarization='fixed'"),
+    (dict(binarization="bogus"), "binarization='bogus'"),
+    (dict(binarization="fixed"), "binarization='fixed' needs binary images"),
     (dict(batch_size=0), "batch_size=0"),
     (dict(batch_size=11), "batch_size=11"),
     (dict(epoch=-1), "epoch=-1"),
@@ -691,6 +692,27 @@ def test_train_dataset_rejects_bad_arguments(kwargs, fragment):
   with pytest.raises(errors.ConfigError) as excinfo:
     data.make_train_dataset(_id_images(10), **arguments)
   _assert_one_line(excinfo, fragment)
+
+
+def test_fixed_and_none_draw_nothing_and_resume_exactly():
+  """fixed: 0/255 images as 0/1; none: the pixel values as float32; both keep
+  the seeded order, so skip_batches resumes the same epoch."""
+  binary = _id_images(10, gray=0)  # [10, 784] of 0/255, distinct rows
+  colour = (np.arange(10 * 48) % 256).astype(np.uint8).reshape(10, 48)
+  for images, binarization, scale in ((binary, "fixed", 255.0),
+                                      (colour, "none", 1.0)):
+    kwargs = dict(batch_size=3, seed=5, epoch=2, binarization=binarization)
+    full = _batches(data.make_train_dataset(images, **kwargs))
+    assert len(full) == 3 and all(b.dtype == np.float32 for b in full)
+    rows = {tuple(r) for r in images.astype(np.float32) / scale}
+    assert all(tuple(r) in rows for b in full for r in b)  # images, unchanged
+    resumed = _batches(data.make_train_dataset(images, skip_batches=1,
+                                               **kwargs))
+    for a, b in zip(full[1:], resumed):
+      np.testing.assert_array_equal(a, b)
+    evaluated = np.concatenate(_batches(data.make_eval_dataset(
+        images, batch_size=4, seed=0, binarization=binarization)))
+    np.testing.assert_array_equal(evaluated, images.astype(np.float32) / scale)
 
 
 def test_eval_dataset_covers_every_example_once_in_order():
