@@ -56,7 +56,8 @@ def main(argv):
   # savae / vae_svi: proposal, ELBO and encoder time use the refined posterior.
   result = likelihood.evaluate(tr.encoder, tr.decoder, dataset, tr.num_active.numpy(),
                                num_samples=k, chunk=cfg.eval_chunk, seed=FLAGS.eval_seed,
-                               xla=cfg.xla, log=common.log, refine=tr.refine)
+                               xla=cfg.xla, log=common.log, refine=tr.refine,
+                               flow=tr.flow)
   result['checkpoint'] = path
   result['method'] = cfg.method
   name = f'eval_{os.path.basename(path)}_K{k}_n{len(test)}_s{FLAGS.eval_seed}.json'
