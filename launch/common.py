@@ -21,6 +21,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import flags  # pylint: disable=g-import-not-at-top
 from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
 
+from rec_vae_tf import cluster  # pylint: disable=g-import-not-at-top
 from rec_vae_tf import config as config_lib  # pylint: disable=g-import-not-at-top
 from rec_vae_tf import errors  # pylint: disable=g-import-not-at-top
 
@@ -106,6 +107,12 @@ def define_config_flags() -> None:
                        'stay float32). Meant for GPUs with bfloat16 tensor cores; not measured on a '
                        'GPU yet, and 10-18% slower on the project\'s CPU, which has AVX512_BF16 '
                        '(README, "Performance").')
+  flags.DEFINE_string('strategy', d.strategy,
+                      'tf.distribute strategy (README, "Distributed training"): default (one '
+                      'device), mirrored (all local GPUs, or the CPU devices), multi_worker '
+                      '(MultiWorkerMirroredStrategy; every worker runs the same command with its '
+                      'own TF_CONFIG), tpu (TPUStrategy; untested). The global batch is '
+                      '--batch_size whatever the strategy, split evenly over the replicas.')
   flags.DEFINE_integer('num_importance_samples', d.num_importance_samples,
                        'K, importance samples per test image for log p(x) (5000 is the literature standard).')
   flags.DEFINE_integer('eval_batch_size', d.eval_batch_size, 'Evaluation batch size.')
@@ -131,7 +138,9 @@ def config_from_flags(**overrides) -> config_lib.Config:
   if (not FLAGS['binarization'].present and 'binarization' not in overrides and
       values.get('dataset') in config_lib.DATASET_BINARIZATIONS):
     values['binarization'] = config_lib.default_binarization(values['dataset'])
-  return config_lib.Config(**values).validate()
+  cfg = config_lib.Config(**values).validate()
+  cluster.check_strategy_environment(cfg.strategy)  # a malformed TF_CONFIG: one line, no TF
+  return cfg
 
 
 def check_data_dir(data_dir: str, dataset: str = 'mnist') -> None:

@@ -39,6 +39,10 @@ def main(argv):
     overrides['num_importance_samples'] = MAIN_JOB_IMPORTANCE_SAMPLES
   if not FLAGS['method'].present:
     overrides['method'] = 'rme'
+  if FLAGS.strategy == 'multi_worker':
+    raise common.errors.ConfigError(
+        'invalid flag: strategy=multi_worker; allowed for launch/main.py: default, mirrored, tpu '
+        '(it evaluates and writes on one machine); run launch/train.py on every worker instead')
   base = common.config_from_flags(**overrides)
   if FLAGS.test_examples < 0:
     raise common.errors.ConfigError(

@@ -16,9 +16,18 @@ Other datasets and networks (README, "Datasets"):
   python -m launch.train --workdir=runs/svhn --dataset=svhn --network=conv_small \
       --data_dir=data/tfds      # colour: discretized logistic, binarization none
 
+Distributed (README, "Distributed training"): --strategy=mirrored trains on
+every local GPU; with --strategy=multi_worker every worker runs the same
+command with its own TF_CONFIG, and the chief writes the run directory:
+
+  TF_CONFIG='{"cluster": {"worker": ["host1:12345", "host2:12345"]},
+              "task": {"type": "worker", "index": 0}}' \
+      python -m launch.train --strategy=multi_worker --workdir=/shared/runs/rme
+
 SIGTERM finishes the current chunk (at most 100 steps), saves a checkpoint,
 prints `preempted at step N; checkpoint ...; rerun the same command to resume`
-and exits with status 143; a bad input is one `error:` line and status 2.
+and exits with status 143 (under multi_worker: a SIGTERM to any worker stops
+all of them at the same step); a bad input is one `error:` line and status 2.
 """
 
 from absl import app

@@ -73,6 +73,8 @@ DENSE_NETWORKS = ('small', 'large')
 CONV_NETWORKS = ('conv_small', 'conv_large')  # rec_vae_tf.conv_networks
 NETWORKS = DENSE_NETWORKS + CONV_NETWORKS
 EPS_MODES = ('amortized', 'global', 'fixed')
+# tf.distribute strategies (rec_vae_tf/distribute.py): default runs without one.
+STRATEGIES = ('default', 'mirrored', 'multi_worker', 'tpu')
 SCHEDULES = ('recursive', 'freeze_earlier', 'simultaneous')
 
 # Dense encoder/decoder widths per network size: (hidden units per layer).
@@ -131,6 +133,11 @@ class Config:
   # data order and all noise are stateless functions of the seed either way).
   deterministic: bool = False
   mixed_precision: bool = False    # bfloat16 matmuls, float32 variables and density math (GPU-oriented)
+  # STRATEGIES: how the steps run (rec_vae_tf/distribute.py), not what is trained: the
+  # global batch, data and noise are the same under every strategy, so a run may be
+  # resumed under another one. Omitted from to_dict() when 'default', so config.json
+  # and the grid's training keys of runs without a strategy are unchanged.
+  strategy: str = 'default'
   # Evaluation.
   num_importance_samples: int = 5000  # K for the test log-likelihood
   eval_batch_size: int = 100
@@ -186,6 +193,7 @@ class Config:
            'need the conv decoder\'s discretized logistic)')
     choice('eps_mode', EPS_MODES)
     choice('schedule', SCHEDULES)
+    choice('strategy', STRATEGIES)
     integer('num_components', 1, 64)
     if self.method in SINGLE_ENCODER_METHODS and self.num_components != 1:
       fail('num_components', f'1 for method={self.method} (it has one encoder)')
@@ -235,7 +243,10 @@ class Config:
 
   # -------------------------------------------------------------------- I/O
   def to_dict(self) -> Dict[str, Any]:
-    return dataclasses.asdict(self)
+    values = dataclasses.asdict(self)
+    if values['strategy'] == 'default':  # as written before the field existed
+      del values['strategy']
+    return values
 
   def replace(self, **changes) -> 'Config':
     return dataclasses.replace(self, **changes)
@@ -300,7 +311,8 @@ def check_workdir(workdir: str) -> None:
   under a file, a read-only directory or file system, and a full disk. Needs no
   TensorFlow, so launchers run it before loading TensorFlow.
   """
-  probe = os.path.join(workdir, '.write_probe')
+  # Named per process: the workers of a multi-worker run share the workdir.
+  probe = os.path.join(workdir, f'.{os.getpid()}.write_probe')
   try:
     os.makedirs(workdir, exist_ok=True)
     with open(probe, 'w') as f:

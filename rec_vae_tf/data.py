@@ -869,7 +869,8 @@ def make_train_dataset(images,
                        seed,
                        epoch,
                        binarization="dynamic",
-                       skip_batches=0):
+                       skip_batches=0,
+                       slices=None):
   """One epoch of shuffled, binarized training batches.
 
   Batch i of epoch e is a pure function of (seed, e, i): the permutation comes
@@ -892,10 +893,19 @@ def make_train_dataset(images,
       (colour data, values 0..255 for uint8 input).
     skip_batches: number of leading batches of this epoch to skip, in
       0..steps_per_epoch(N, B).
+    slices: None, or (first, count, num_slices) for one input pipeline of a
+      tf.distribute strategy with num_slices replicas: every global batch is
+      cut into num_slices blocks of B / num_slices consecutive rows, and this
+      dataset yields blocks first .. first + count - 1 of each batch, one
+      element per block (the order in which the strategy hands a pipeline's
+      elements to its local replicas). Each block is cut from the batch above,
+      drawn whole, so every example gets the same binarization as without
+      slicing and replicas get distinct rows and noise.
 
   Returns:
-    A tf.data.Dataset of float32 [B, D] batches with values in {0, 1} (or the
-    pixel values, for "none").
+    A tf.data.Dataset of float32 [B, D] batches (or [B / num_slices, D]
+    blocks, with `slices`) with values in {0, 1} (or the pixel values, for
+    "none").
 
   Raises:
     ConfigError: an argument is invalid, or N < B so the epoch would be empty.
@@ -915,6 +925,14 @@ def make_train_dataset(images,
     raise errors.ConfigError(
         f"skip_batches={skip_batches} is invalid; an epoch has {num_batches} "
         "batches")
+  if slices is not None:
+    first, count, num_slices = slices
+    if not (0 < num_slices and batch_size % num_slices == 0 and 0 <= first and
+            0 < count and first + count <= num_slices):
+      raise errors.ConfigError(
+          f"slices={slices} is invalid; allowed: (first, count, num_slices) with "
+          f"num_slices dividing batch_size={batch_size} and first + count <= "
+          "num_slices")
 
   epoch_seed = _seed(seed, _TRAIN_STREAM, epoch)
   order = tf.random.experimental.stateless_shuffle(
@@ -948,6 +966,12 @@ def make_train_dataset(images,
   dataset = tf.data.Dataset.range(skip_batches, num_batches)  # int64 i.
   dataset = dataset.map(
       make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if slices is not None:
+    rows = batch_size // num_slices
+    dataset = dataset.map(
+        lambda batch: tf.reshape(batch[first * rows:(first + count) * rows],
+                                 [count, rows, batch.shape[-1]]))  # [count, B / num_slices, D]
+    dataset = dataset.unbatch()  # [B / num_slices, D] per element
   return dataset.prefetch(tf.data.AUTOTUNE)
 
 

@@ -13,6 +13,18 @@ Also: the stratified ELBO of Q, per-component ELBOs, the mixture weights'
 average and entropy, and the encoder's time per batch (one feed-forward pass:
 the method's speed claim).
 
+Under a tf.distribute strategy (`strategy=`, rec_vae_tf/distribute.py) every
+batch is sharded across the replicas: each replica takes a block of the
+batch's rows (padded to equal blocks, padding masked out), and returns float64
+sums over its real rows and their count; the strategy sums those across
+replicas and workers, and the totals are divided by the total count, exactly
+as without a strategy. The random draws are those of the unsharded
+evaluation (drawn for the whole batch, each replica keeping its rows), and
+for log p(x) each replica encodes the whole batch (one cheap pass: the
+component draws need the mixture weights of every row) and runs the K
+decoder passes, nearly all of the cost, on its own rows only. So the
+estimate equals the single-device one up to float rounding.
+
 Semi-amortized baselines (savae, vae_svi) pass `refine`: their posterior is
 the encoder's output refined per example by gradient steps on the ELBO
 (`trainer.make_refine_fn`), at test time too. Every function here then uses
@@ -28,6 +40,7 @@ from typing import Dict, NamedTuple
 import numpy as np
 import tensorflow as tf
 
+from rec_vae_tf import distribute
 from rec_vae_tf import likelihoods
 from rec_vae_tf import objective
 from rec_vae_tf import posterior
@@ -173,12 +186,18 @@ class Evaluator:
       products and the chunk is 14% faster (README, "Performance"). None: on
       when `xla` is on, no GPU is visible and the decoder has
       `log_prob_of_logits`. Same values either way, up to float rounding.
+    strategy: None (one device), or a tf.distribute strategy (the networks'
+      variables created in its scope) to shard every batch across its
+      replicas (module docstring).
   """
 
   def __init__(self, encoder, decoder, *, xla: bool = True, refine=None, flow=None,
-               split_decoder: bool = None):
+               split_decoder: bool = None, strategy=None):
     self.encoder = encoder
     self.decoder = decoder
+    self.strategy = strategy
+    self._sharded_elbo = tf.function(self._sharded_elbo_sums)
+    self._sharded_ll = {}  # (num_samples, chunk) -> tf.function
     # flow: None, or the flow posterior of iaf / hf (rec_vae_tf.flows) that
     # every proposal sample is pushed through (the encoder has one component).
     self.flow = flow
@@ -204,6 +223,11 @@ class Evaluator:
     else:
       self._chunk = tf.function(self._chunk_logsumexp, jit_compile=xla)
     self._elbo = tf.function(self._elbo_terms, jit_compile=xla)
+    # Sharded ELBO of savae / vae_svi: the refinement (whose draws depend on the
+    # rows it is given) runs on the whole batch, the terms on a replica's rows.
+    self._refined_posterior = tf.function(functools.partial(_posterior, encoder, refine=refine),
+                                          jit_compile=xla)
+    self._elbo_at = tf.function(self._elbo_terms_at, jit_compile=xla)
 
   def _chunk_logsumexp(self, x, log_alpha, loc, scale, component, eps, context=None):
     log_w = importance_log_weights_from_noise(
@@ -225,12 +249,86 @@ class Evaluator:
 
   def _elbo_terms(self, x, num_active, noise):
     eps_logit, loc, scale, features = _posterior(self.encoder, x, self.refine)
+    return self._elbo_terms_at(x, num_active, noise, eps_logit, loc, scale, features)
+
+  def _elbo_terms_at(self, x, num_active, noise, eps_logit, loc, scale, features):
+    """The ELBO terms of batch x at a given posterior (`_posterior`'s outputs)."""
     if self.flow is not None:
       return objective.flow_terms(lambda z: self.decoder.log_prob(x, z), loc, scale,
                                   features, self.flow, noise)
     return objective.rme_terms(
         lambda z: self.decoder.log_prob(x, z), loc, scale, eps_logit, noise,
         num_active, kl_weight=0.0, prior_floor=0.0)
+
+  def _replica_elbo_sums(self, x, num_active, noise):
+    """On one replica: float64 sums of the ELBO terms over its rows of batch x, and their count."""
+    n = int(x.shape[0])
+    mask = distribute.row_mask(n)  # [b]
+    if self.refine is None:
+      terms = self._elbo(distribute.padded_rows(x, n), num_active,
+                         distribute.padded_rows(noise, n, axis=1))
+    else:
+      eps_logit, loc, scale, _ = self._refined_posterior(x)  # the whole batch
+      rows = lambda t, pad=0.0: distribute.padded_rows(t, n, 0, pad)
+      terms = self._elbo_at(rows(x), num_active, distribute.padded_rows(noise, n, axis=1),
+                            rows(eps_logit), rows(loc), rows(scale, pad=1.0), None)
+
+    def masked_sum(values):  # [b, ...] -> float64 sum over the real rows
+      values = tf.cast(values, tf.float64)
+      keep = tf.reshape(mask, [-1] + [1] * (len(values.shape) - 1))
+      return tf.reduce_sum(tf.where(keep, values, tf.zeros_like(values)), 0)
+
+    return {'mixture_elbo': masked_sum(terms.mixture_elbo),
+            'component_elbo': masked_sum(terms.component_elbo),  # [M]
+            'mixture_weights': masked_sum(tf.exp(tf.cast(terms.log_alpha, tf.float64))),  # [M]
+            'weight_entropy': masked_sum(posterior.weight_entropy(terms.log_alpha)),
+            'count': masked_sum(tf.ones([tf.shape(mask)[0]]))}
+
+  def _sharded_elbo_sums(self, x, num_active, noise):
+    per_replica = self.strategy.run(self._replica_elbo_sums, args=(x, num_active, noise))
+    return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+            for k, v in per_replica.items()}
+
+  def _replica_log_likelihood_sum(self, x, num_active, seed, num_samples, chunk):
+    """On one replica: the float64 sum of log p(x) over its rows of batch x, and their count.
+
+    The draws and the per-example combination are `log_likelihood`'s.
+    """
+    n = int(x.shape[0])
+    log_alpha, loc, scale, context = self._encode(x, num_active)  # the whole batch
+    rows = lambda t, axis=0, pad=0.0: distribute.padded_rows(t, n, axis, pad)
+    mine = (rows(x), rows(log_alpha), rows(loc), rows(scale, pad=1.0))
+    context = None if context is None else rows(context)
+    parts = []
+    done, index = 0, 0
+    while done < num_samples:
+      k = min(chunk, num_samples - done)
+      chunk_seed = tf.stack([seed, tf.constant(index, tf.int32)])
+      component, eps = self._draw(log_alpha, k, loc.shape[-1], chunk_seed)  # whole batch
+      parts.append(tf.cast(self._chunk(*mine, rows(component), rows(eps, axis=1), context),
+                           tf.float64))  # [b]
+      done += k
+      index += 1
+    stacked = tf.stack(parts, 0)  # [chunks, b]
+    top = tf.reduce_max(stacked, 0)
+    ll = top + tf.math.log(tf.reduce_sum(tf.exp(stacked - top), 0)) - math.log(num_samples)
+    mask = distribute.row_mask(n)
+    return (tf.reduce_sum(tf.where(mask, ll, tf.zeros_like(ll))),
+            tf.reduce_sum(tf.cast(mask, tf.float64)))
+
+  def sharded_log_likelihood_sum(self, x, num_active, num_samples: int, chunk: int,
+                                 seed: int):
+    """Under the strategy: (sum over batch x of log p(x), number of examples), float64."""
+    key = (num_samples, chunk)
+    if key not in self._sharded_ll:
+      def total(x, num_active, seed):
+        per_replica = self.strategy.run(
+            self._replica_log_likelihood_sum, args=(x, num_active, seed, num_samples, chunk))
+        return tuple(self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+                     for v in per_replica)
+      self._sharded_ll[key] = tf.function(total)
+    total, count = self._sharded_ll[key](x, num_active, tf.constant(seed % 2**31, tf.int32))
+    return float(total.numpy()), int(count.numpy())
 
   def log_likelihood(self, x, num_active, num_samples: int, chunk: int, seed: int) -> np.ndarray:
     """Importance-sampled log p(x) per example, float64 [B]."""
@@ -256,9 +354,12 @@ def evaluate_elbo(encoder, decoder, dataset, num_active, *, seed: int, xla: bool
   """Stratified mixture ELBO and per-component ELBOs over a dataset (float64 sums).
 
   `refine` (savae, vae_svi) and `flow` (iaf, hf) are used only when no
-  `evaluator` is given; an evaluator carries its own.
+  `evaluator` is given; an evaluator carries its own, and its strategy (if
+  any) shards every batch across replicas.
   """
   ev = evaluator or Evaluator(encoder, decoder, xla=xla, refine=refine, flow=flow)
+  if ev.strategy is not None:
+    return _sharded_elbo(ev, dataset, num_active, seed)
   total, count = 0.0, 0
   comp = None
   weights = None
@@ -285,8 +386,28 @@ def evaluate_elbo(encoder, decoder, dataset, num_active, *, seed: int, xla: bool
           'num_examples': count}
 
 
+def _sharded_elbo(ev: Evaluator, dataset, num_active, seed: int) -> Dict[str, float]:
+  """`evaluate_elbo` under ev.strategy: the same noise, float64 sums reduced across replicas."""
+  totals = None
+  for i, x in enumerate(dataset):
+    noise = tf.random.stateless_normal(
+        [1, x.shape[0], ev.encoder.num_components, ev.encoder.latent_dim],
+        seed=tf.constant([seed, i], tf.int64))  # [1, B, M, D], as without a strategy
+    sums = {k: v.numpy() for k, v in ev._sharded_elbo(x, num_active, noise).items()}
+    totals = sums if totals is None else {k: totals[k] + sums[k] for k in totals}
+  count = int(totals['count']) if totals else 0
+  if count == 0:
+    raise ValueError('empty evaluation dataset')
+  return {'mixture_elbo': float(totals['mixture_elbo']) / count,
+          'component_elbo': (totals['component_elbo'] / count).tolist(),
+          'mixture_weights': (totals['mixture_weights'] / count).tolist(),
+          'weight_entropy': float(totals['weight_entropy']) / count,
+          'num_examples': count}
+
+
 def evaluate(encoder, decoder, dataset, num_active, *, num_samples: int, chunk: int,
-             seed: int, xla: bool = True, log=None, refine=None, flow=None) -> Dict[str, float]:
+             seed: int, xla: bool = True, log=None, refine=None, flow=None,
+             strategy=None) -> Dict[str, float]:
   """Test log-likelihood (importance sampling), test ELBO and the posterior summary.
 
   Args:
@@ -303,22 +424,32 @@ def evaluate(encoder, decoder, dataset, num_active, *, num_samples: int, chunk: 
       the refined posterior.
     flow: None, or the flow of iaf / hf (`trainer.Trainer.flow`): the
       proposal and ELBO then use the flow posterior.
+    strategy: None (one device), or the tf.distribute strategy the networks
+      were created under: every batch is sharded across its replicas and the
+      float64 sums reduced (module docstring); the same estimate up to float
+      rounding.
   Returns:
     dict with test_log_likelihood (nats per image), test_bits_per_dim
     (-test_log_likelihood / (P ln 2), the unit colour-image results are given
     in), num_dims (P), test_elbo, component_elbo, mixture_weights,
     weight_entropy, num_importance_samples, num_examples, encoder_ms_per_batch.
   """
-  ev = Evaluator(encoder, decoder, xla=xla, refine=refine, flow=flow)
+  ev = Evaluator(encoder, decoder, xla=xla, refine=refine, flow=flow, strategy=strategy)
   num_active = tf.constant(int(num_active), tf.int32)
   elbo = evaluate_elbo(encoder, decoder, dataset, num_active, seed=seed + 1, evaluator=ev)
   total, count, num_dims = 0.0, 0, None
   start = time.perf_counter()
   batches = None
   for i, x in enumerate(dataset):
-    ll = ev.log_likelihood(x, num_active, num_samples, chunk, seed=seed * 100003 + i)
-    total += float(ll.sum())
-    count += ll.shape[0]
+    if strategy is not None:
+      batch_total, batch_count = ev.sharded_log_likelihood_sum(
+          x, num_active, num_samples, chunk, seed=seed * 100003 + i)
+      total += batch_total
+      count += batch_count
+    else:
+      ll = ev.log_likelihood(x, num_active, num_samples, chunk, seed=seed * 100003 + i)
+      total += float(ll.sum())
+      count += ll.shape[0]
     num_dims = int(x.shape[-1])
     if log is not None and (i + 1) % 10 == 0:
       elapsed = time.perf_counter() - start

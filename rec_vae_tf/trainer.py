@@ -26,6 +26,18 @@ optimizer, global step, active-component count and the best validation score.
 The data order and binarization noise are functions of (seed, epoch), so the
 data position is recovered from the step count.
 
+Distribution (README, "Distributed training"): under a tf.distribute strategy
+(`Config.strategy`, rec_vae_tf/distribute.py) the networks, optimizer and
+variables live in the strategy's scope; each replica runs the (optionally
+XLA-compiled) gradient computation on its B / R rows of the global batch with
+its rows of the step's noise, losses as sums over its rows divided by the
+global B; the Keras optimizer all-reduces (sums) the gradients and applies
+them outside XLA (XLA cannot compile a step whose variables live on several
+devices). Validation is sharded across replicas and reduced as float64 sums.
+The chief alone writes checkpoints, history and summaries; a SIGTERM on any
+worker stops all of them at the same step. `default` keeps the original
+single-device code path.
+
 Faults (README, "Faults and preemption"): SIGTERM during `train` finishes the
 current chunk of at most MAX_CHUNK_STEPS steps, saves a checkpoint and raises
 `errors.Preempted`; `restore_latest` skips an unreadable checkpoint for the one
@@ -54,6 +66,7 @@ import tensorflow as tf
 from rec_vae_tf import builders
 from rec_vae_tf import config as config_lib
 from rec_vae_tf import data as data_lib
+from rec_vae_tf import distribute
 from rec_vae_tf import errors
 from rec_vae_tf import flows
 from rec_vae_tf import likelihood
@@ -146,9 +159,22 @@ class Trainer:
 
   def __init__(self, cfg: config_lib.Config, workdir: str, *,
                make_networks: Optional[Callable] = None,
-               num_pixels: Optional[int] = None):
+               num_pixels: Optional[int] = None,
+               distribution: Optional[distribute.Distribution] = None):
     self.cfg = cfg
     self.workdir = workdir
+    # None: no strategy (the default one), whatever cfg.strategy says.
+    self.dist = distribution or distribute.get('default')
+    with self.dist.scope():  # networks, optimizer and every variable (nothing for default)
+      self._build(cfg, workdir, make_networks, num_pixels)
+    if self.dist.distributed:
+      # Per replica: the gradients (XLA-compiled if cfg.xla); the all-reduce and
+      # the optimizer step run outside XLA, in `_replica_step`.
+      self._compiled_gradients = tf.function(self._gradients, jit_compile=cfg.xla)
+      self.train_steps = tf.function(self._distributed_train_steps)
+
+  def _build(self, cfg, workdir, make_networks, num_pixels):
+    """Creates the networks, optimizer, variables, checkpoints and the compiled step."""
     # None: the networks and image size cfg.network and cfg.dataset select (rec_vae_tf.builders).
     make_networks = make_networks or builders.make_networks_fn(cfg)
     num_pixels = num_pixels or builders.num_pixels(cfg)
@@ -212,28 +238,47 @@ class Trainer:
   def _log_p_x_given_z_fn(self, x):
     return lambda z: self.decoder.log_prob(x, z)  # [S, B, M]
 
-  def _noise(self, x):
+  def _noise(self, x, step=None, batch_size=None):
     """Standard normal draws for the step taken at the current `self.step`: [S, B, M, D].
 
     A pure function of (seed, step), so a resumed run draws the same noise.
+    `step` and `batch_size` (the global B) replace `self.step` and x's batch
+    under a strategy, where every replica draws the global batch's noise and
+    keeps its own rows.
     """
     cfg = self.cfg
-    seed = tf.stack([tf.cast(cfg.seed, tf.int64), self.step])
+    step = self.step if step is None else step
+    batch = tf.shape(x)[0] if batch_size is None else batch_size
+    seed = tf.stack([tf.cast(cfg.seed, tf.int64), step])
     return tf.random.stateless_normal(
-        [cfg.num_train_samples, tf.shape(x)[0], cfg.num_components, cfg.latent_dim], seed=seed)
+        [cfg.num_train_samples, batch, cfg.num_components, cfg.latent_dim], seed=seed)
 
-  def _refine_noise(self, x):
+  def _refine_noise(self, x, step=None, batch_size=None):
     """Refinement draws for the current step (savae, vae_svi): [K, S, B, D], or None.
 
-    A pure function of (seed, step), independent of `_noise`'s draws.
+    A pure function of (seed, step), independent of `_noise`'s draws; `step`
+    and `batch_size` as in `_noise`.
     """
     cfg = self.cfg
     if self.refine is None or cfg.refine_steps == 0:
       return None
+    step = self.step if step is None else step
+    batch = tf.shape(x)[0] if batch_size is None else batch_size
     seed = tf.random.experimental.stateless_fold_in(
-        tf.stack([tf.cast(cfg.seed, tf.int64), self.step]), 1)
+        tf.stack([tf.cast(cfg.seed, tf.int64), step]), 1)
     return tf.random.stateless_normal(
-        [cfg.refine_steps, cfg.num_train_samples, tf.shape(x)[0], cfg.latent_dim], seed=seed)
+        [cfg.refine_steps, cfg.num_train_samples, batch, cfg.latent_dim], seed=seed)
+
+  def _batch_mean(self, values):
+    """Mean of per-example values [B, ...] over the global batch.
+
+    Without a strategy, tf.reduce_mean (the original code). Under one, this
+    replica's sum divided by the global batch size: summed over replicas by
+    the gradient all-reduce, that is the global mean.
+    """
+    if not self.dist.distributed:
+      return tf.reduce_mean(values)
+    return tf.reduce_sum(values) / self.cfg.batch_size
 
   def _step(self, x, num_active, trainable_from, noise=None, refine_noise=None):
     """One training step of cfg.method.
@@ -250,25 +295,35 @@ class Trainer:
     Returns:
       dict of scalar and [M] metrics.
     """
+    grads, terms = self._gradients(x, num_active, trainable_from, noise, refine_noise)
+    return self._apply(grads, terms, self._frozen(trainable_from))
+
+  def _frozen(self, trainable_from):
+    return tf.range(self.cfg.num_components) < trainable_from  # [M]
+
+  def _gradients(self, x, num_active, trainable_from, noise=None, refine_noise=None):
+    """One step's gradients (aligned with all_vars, None where a loss does not reach) and terms.
+
+    Arguments as `_step`. Under a strategy, x and the noise are this
+    replica's rows and the losses are scaled to the global batch (`_batch_mean`).
+    """
     self.trace_count += 1  # Python side effect: runs only while tracing.
     cfg = self.cfg
     if noise is None:
       noise = self._noise(x)
-    index = tf.range(cfg.num_components)
-    frozen = index < trainable_from  # [M]
+    frozen = self._frozen(trainable_from)  # [M]
     if self.refine is not None:
       if refine_noise is None:
         refine_noise = self._refine_noise(x)
-      grads, terms = self._refined_gradients(x, num_active, noise, refine_noise)
-      return self._apply(grads, terms, frozen)
+      return self._refined_gradients(x, num_active, noise, refine_noise)
     if self.flow is not None:
       # iaf / hf: encoder, flow and decoder all on the flow posterior's ELBO.
       with tf.GradientTape() as tape:
         enc = self.encoder(x)
         terms = objective.flow_terms(self._log_p_x_given_z_fn(x), enc.loc, enc.scale,
                                      enc.features, self.flow, noise)
-        loss = -tf.reduce_mean(terms.mixture_elbo)
-      return self._apply(tape.gradient(loss, self.all_vars), terms, frozen)
+        loss = -self._batch_mean(terms.mixture_elbo)
+      return tape.gradient(loss, self.all_vars), terms
     with tf.GradientTape(persistent=True) as tape:
       enc = self.encoder(x)
       # Frozen components' weights stay put (freeze_earlier); others train.
@@ -279,18 +334,18 @@ class Trainer:
           component_objective='entropy' if cfg.method == 'boosted' else 'kl',
           joint=cfg.method == 'mixture')
       trained = tf.cast(tf.logical_not(frozen), x.dtype)  # [M]
-      component_loss = -tf.reduce_mean(tf.reduce_sum(terms.component_objective * trained, -1))
-      mixture_loss = -tf.reduce_mean(terms.mixture_elbo)
+      component_loss = -self._batch_mean(tf.reduce_sum(terms.component_objective * trained, -1))
+      mixture_loss = -self._batch_mean(terms.mixture_elbo)
       if cfg.method == 'mixture':
         # Non-recursive baseline: encoders, weights and decoder all on the mixture bound.
         component_loss = mixture_loss
       elif cfg.method == 'iwae':
         # One encoder; encoder and decoder both on the k-sample IWAE bound.
-        component_loss = mixture_loss = -tf.reduce_mean(terms.iwae[:, 0])
+        component_loss = mixture_loss = -self._batch_mean(terms.iwae[:, 0])
     grads = (tape.gradient(component_loss, self.component_vars) +
              tape.gradient(mixture_loss, self.mixture_vars))
     del tape
-    return self._apply(grads, terms, frozen)
+    return grads, terms
 
   def _refined_gradients(self, x, num_active, noise, refine_noise):
     """Gradients of savae or vae_svi (M = 1) for one step, and the terms at q_K.
@@ -315,15 +370,15 @@ class Trainer:
       terms = objective.rme_terms(
           log_p_fn, loc_k_stopped, scale_k_stopped, enc.eps_logit, noise, num_active,
           cfg.kl_weight, cfg.prior_floor)
-      mixture_loss = -tf.reduce_mean(terms.mixture_elbo)  # M = 1: ELBO(q_K)
+      mixture_loss = -self._batch_mean(terms.mixture_elbo)  # M = 1: ELBO(q_K)
       if cfg.method == 'vae_svi':
         # The encoder is a plain VAE encoder: its own ELBO(q_0).
         terms_0 = objective.rme_terms(
             log_p_fn, enc.loc, enc.scale, enc.eps_logit, noise, num_active,
             cfg.kl_weight, cfg.prior_floor)
-        encoder_loss = -tf.reduce_mean(terms_0.component_objective[:, 0])
+        encoder_loss = -self._batch_mean(terms_0.component_objective[:, 0])
       else:
-        encoder_loss = -tf.reduce_mean(terms.component_objective[:, 0])  # ELBO(q_K)
+        encoder_loss = -self._batch_mean(terms.component_objective[:, 0])  # ELBO(q_K)
     if cfg.method == 'vae_svi':
       encoder_grads = tape.gradient(encoder_loss, self.component_vars)
     else:
@@ -348,13 +403,26 @@ class Trainer:
     # Every gradient and metric is computed before any variable changes. Without
     # this barrier the graph may run a backward-pass read of a variable after the
     # optimizer has written it (seen: savae/vae_svi updates differing run to run).
+    # (Under a strategy the Keras optimizer all-reduces, i.e. sums, the gradients first.)
     with tf.control_dependencies(grads + tf.nest.flatten(terms) + before):
       self.optimizer.apply_gradients(zip(grads, self.all_vars))
+    alpha = tf.exp(terms.log_alpha)
+    if self.dist.distributed:
+      if freezes:
+        self._restore_frozen_slices(before, frozen)
+      # This replica's share of the global batch means; `_replica_step`'s caller sums them.
+      per_batch = lambda v: tf.reduce_sum(v, 0) / self.cfg.batch_size
+      return {
+          'mixture_elbo': per_batch(terms.mixture_elbo),
+          'component_objective': per_batch(terms.component_objective),  # [M]
+          'component_elbo': per_batch(terms.component_elbo),  # [M]
+          'mixture_weights': per_batch(alpha),  # [M]
+          'weight_entropy': per_batch(posterior.weight_entropy(terms.log_alpha)),
+      }
     for var, old in zip(self._sliced_vars, before):
       mask = tf.reshape(frozen, [-1] + [1] * (len(var.shape) - 1))
       var.assign(tf.where(mask, old, var))
     self.step.assign_add(1)
-    alpha = tf.exp(terms.log_alpha)
     return {
         'mixture_elbo': tf.reduce_mean(terms.mixture_elbo),
         'component_objective': tf.reduce_mean(terms.component_objective, 0),  # [M]
@@ -362,6 +430,21 @@ class Trainer:
         'mixture_weights': tf.reduce_mean(alpha, 0),  # [M]
         'weight_entropy': tf.reduce_mean(posterior.weight_entropy(terms.log_alpha)),
     }
+
+  def _restore_frozen_slices(self, before, frozen):
+    """freeze_earlier under a strategy: puts back the frozen slices on every replica's copy.
+
+    A mirrored variable is written in a cross-replica context (merge_call), one
+    update per device.
+    """
+    def restore(strategy, before, frozen):
+      for var, old in zip(self._sliced_vars, before):
+        def update(v, o, f):
+          return v.assign(tf.where(tf.reshape(f, [-1] + [1] * (len(v.shape) - 1)), o, v))
+        strategy.extended.update(getattr(var, 'value', var), update, args=(old, frozen),
+                                 group=False)
+
+    tf.distribute.get_replica_context().merge_call(restore, args=(before, frozen))
 
   def _train_steps(self, iterator, num_steps, num_active, trainable_from):
     """Runs num_steps steps; returns metrics averaged over them and a finiteness flag."""
@@ -373,6 +456,34 @@ class Trainer:
       metrics = self._compiled_step(x, num_active, trainable_from, noise=self._noise(x),
                                     refine_noise=self._refine_noise(x))
       totals = {k: totals[k] + metrics[k] for k in totals}
+    return {k: v / tf.cast(num_steps, v.dtype) for k, v in totals.items()}
+
+  def _replica_step(self, x, num_active, trainable_from, step):
+    """One step on one replica: x is its [B / R, P] block of global batch `step`."""
+    batch = self.cfg.batch_size
+    noise = distribute.replica_rows(self._noise(x, step, batch), batch, axis=1)  # [S, B/R, M, D]
+    refine_noise = self._refine_noise(x, step, batch)
+    if refine_noise is not None:
+      refine_noise = distribute.replica_rows(refine_noise, batch, axis=2)  # [K, S, B/R, D]
+    grads, terms = self._compiled_gradients(x, num_active, trainable_from, noise, refine_noise)
+    return self._apply(grads, terms, self._frozen(trainable_from))
+
+  def _distributed_train_steps(self, iterator, num_steps, num_active, trainable_from):
+    """`_train_steps` under a strategy: iterator yields per-replica blocks of each global batch."""
+    strategy = self.dist.strategy
+    first_step = self.step.read_value()
+
+    def one_step(i):
+      per_replica = strategy.run(self._replica_step,
+                                 args=(next(iterator), num_active, trainable_from, first_step + i))
+      return {k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
+              for k, v in per_replica.items()}
+
+    totals = one_step(tf.constant(0, tf.int64))
+    for i in tf.range(tf.constant(1, tf.int64), tf.cast(num_steps, tf.int64)):
+      metrics = one_step(i)
+      totals = {k: totals[k] + metrics[k] for k in totals}
+    self.step.assign_add(tf.cast(num_steps, tf.int64))
     return {k: v / tf.cast(num_steps, v.dtype) for k, v in totals.items()}
 
   # ------------------------------------------------------------ outer loop
@@ -430,6 +541,21 @@ class Trainer:
     if self.cfg.schedule == 'freeze_earlier':
       return int(self.num_active.numpy()) - 1
     return 0
+
+  def save(self, which: str, step: int, what: str) -> str:
+    """Saves the 'latest' or 'best' checkpoint at `step`; returns the chief's path.
+
+    The chief writes into the workdir (`_save_checkpoint`: a failed write is one
+    line). Another worker of a multi-worker run saves too, as every worker
+    must, into a temporary directory that is deleted at once.
+    """
+    manager, checkpoint = ((self.manager, self.checkpoint) if which == 'latest' else
+                           (self.best_manager, self.best_checkpoint))
+    if self.dist.is_chief:
+      return _save_checkpoint(manager, step, what)
+    with self.dist.write_dir(manager.directory) as tmp:
+      tf.train.CheckpointManager(checkpoint, tmp, max_to_keep=1).save(checkpoint_number=step)
+    return os.path.join(manager.directory, f'ckpt-{step}')
 
 
 def _format_seconds(seconds: float) -> str:
@@ -673,35 +799,64 @@ def train(cfg: config_lib.Config, workdir: str, *,
   Raises:
     UserError: bad workdir, config mismatch, data problems, no room for the
       checkpoints, a failed checkpoint or history write (the previous
-      checkpoint is kept), no readable checkpoint.
+      checkpoint is kept), no readable checkpoint; a batch size the replicas
+      do not divide; a strategy that cannot start (no TPU); under
+      multi_worker, another worker lost mid-run.
     TrainingDiverged: non-finite loss (the last good checkpoint is kept).
-    Preempted: SIGTERM arrived (main thread only); the current chunk of at most
-      MAX_CHUNK_STEPS steps was finished and checkpointed, with the epoch's
-      running metrics, so that rerunning resumes with the same history as an
-      uninterrupted run. The previous SIGTERM handler is restored on return.
+    Preempted: SIGTERM arrived (main thread only; under multi_worker on any
+      worker); the current chunk of at most MAX_CHUNK_STEPS steps was
+      finished and checkpointed, with the epoch's running metrics, so that
+      rerunning resumes with the same history as an uninterrupted run. The
+      previous SIGTERM handler is restored on return.
   """
   cfg.validate()
   check_workdir(workdir)
+  # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs anything else.
+  dist = distribute.get(cfg.strategy)
   with _PreemptionGuard() as preemption, _op_determinism(cfg.deterministic):
-    return _train(cfg, workdir, preemption, load_data=load_data, make_networks=make_networks,
-                  log=log, stop_after_steps=stop_after_steps)
+    try:
+      return _train(cfg, workdir, preemption, dist, load_data=load_data,
+                    make_networks=make_networks, log=log, stop_after_steps=stop_after_steps)
+    except _LOST_PEER_ERRORS as e:
+      if not dist.multi_worker:
+        raise
+      # Another worker died (SIGKILL, a crash, a lost machine): the collective failed.
+      latest = tf.train.latest_checkpoint(os.path.join(workdir, CHECKPOINT_DIR))
+      raise errors.UserError(
+          f'lost contact with another worker ({type(e).__name__} in a collective operation: '
+          'a worker was killed, crashed or is unreachable); checkpoint '
+          f'{latest or "(none)"} is kept; restart every worker with the same command to '
+          'resume') from None
 
 
-def _train(cfg: config_lib.Config, workdir: str, preemption: _PreemptionGuard, *,
+# What a collective op of MultiWorkerMirroredStrategy raises when a peer is gone.
+_LOST_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.CancelledError,
+                     tf.errors.AbortedError, tf.errors.DeadlineExceededError)
+
+
+def _train(cfg: config_lib.Config, workdir: str, preemption: _PreemptionGuard,
+           dist: distribute.Distribution, *,
            load_data: Callable, make_networks: Callable, log: Callable[[str], None],
            stop_after_steps: Optional[int]) -> TrainResult:
   """The body of `train`, with SIGTERM turned into `preemption.requested`."""
   config_file = config_lib.config_path(workdir)
   if os.path.exists(config_file):
     previous = config_lib.Config.load(config_file)
-    if previous != cfg:
+    # The strategy may change between runs: it changes how the steps run, not what they compute.
+    if previous.replace(strategy=cfg.strategy) != cfg:
       changed = sorted(k for k, v in cfg.to_dict().items() if previous.to_dict().get(k) != v)
       raise errors.UserError(
           f'{workdir} holds a run with a different config (fields {", ".join(changed)}); '
           'use a new --workdir or the same flags to resume')
   load_data = load_data or builders.load_data_fn(cfg)
   splits = load_data(cfg.data_dir, train_examples=cfg.train_examples or None)
-  cfg.save(config_file)
+  if cfg.batch_size % dist.num_replicas:
+    raise errors.UserError(
+        f'batch_size={cfg.batch_size} is not divisible by the {dist.num_replicas} replicas of '
+        f'--strategy={cfg.strategy}; choose a multiple of {dist.num_replicas} (the global batch '
+        'is split evenly)')
+  if dist.is_chief:
+    cfg.save(config_file)
 
   spe = data_lib.steps_per_epoch(len(splits.train), cfg.batch_size)
   if spe < 1:
@@ -713,7 +868,8 @@ def _train(cfg: config_lib.Config, workdir: str, preemption: _PreemptionGuard, *
         f'only {num_active_at(cfg, total_steps - 1, spe)} of {cfg.num_components} components '
         'will become active')
 
-  trainer = Trainer(cfg, workdir, make_networks=make_networks, num_pixels=splits.train.shape[1])
+  trainer = Trainer(cfg, workdir, make_networks=make_networks, num_pixels=splits.train.shape[1],
+                    distribution=dist)
   _check_free_space(trainer, workdir)
   restored = trainer.restore_latest(log=log)
   step = int(trainer.step.numpy())
@@ -725,28 +881,35 @@ def _train(cfg: config_lib.Config, workdir: str, preemption: _PreemptionGuard, *
   # One evaluator for the whole run: a new one per epoch would retrace (and
   # XLA-compile) the validation step every epoch.
   # savae / vae_svi are validated (and selected) with their refined posterior.
+  # Under a strategy, sharded across the replicas (float64 sums, reduced exactly).
   valid_evaluator = likelihood.Evaluator(trainer.encoder, trainer.decoder, xla=cfg.xla,
-                                         refine=trainer.refine, flow=trainer.flow)
-  writer = tf.summary.create_file_writer(os.path.join(workdir, SUMMARY_DIR))
+                                         refine=trainer.refine, flow=trainer.flow,
+                                         strategy=dist.strategy if dist.distributed else None)
+  writer = (tf.summary.create_file_writer(os.path.join(workdir, SUMMARY_DIR)) if dist.is_chief
+            else tf.summary.create_noop_writer())
   train_seconds = sum(h.get('epoch_seconds', 0.0) for h in history)
   start_epoch = step // spe
   first_step = step
   wall_start = time.perf_counter()
   num_params = trainer.num_parameters()
   if step < total_steps:
+    replicas = f'{dist.num_replicas} replica{"s" if dist.num_replicas != 1 else ""}'
+    worker = f', worker {dist.task_id}' if dist.multi_worker else ''
+    where = f' on {replicas} ({cfg.strategy}{worker})' if dist.distributed else ''
     log(f'training {cfg.method} (M={cfg.num_components}, {num_params:,} parameters) for '
-        f'{cfg.epochs} epochs x {spe} steps on {len(splits.train)} images')
+        f'{cfg.epochs} epochs x {spe} steps on {len(splits.train)} images{where}')
 
   for epoch in range(start_epoch, cfg.epochs):
     if stop_after_steps is not None and step >= stop_after_steps:
       break
-    if preemption.requested:  # arrived during the last epoch's validation or save
-      raise errors.Preempted(step, trainer.manager.latest_checkpoint or '(none)')
+    # Arrived during the last epoch's validation or save (on any worker: a collective).
+    if dist.any_worker(preemption.requested):
+      latest = (trainer.manager.latest_checkpoint if dist.is_chief else
+                tf.train.latest_checkpoint(trainer.manager.directory))
+      raise errors.Preempted(step, latest or '(none)')
     epoch_start = time.perf_counter()
     skip = step - epoch * spe
-    dataset = data_lib.make_train_dataset(
-        splits.train, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
-        binarization=cfg.binarization, skip_batches=skip)
+    dataset = _train_dataset(dist, splits.train, cfg, epoch, skip)
     iterator = iter(dataset)
     epoch_end = (epoch + 1) * spe
     sums, count, carried_seconds = {}, 0, 0.0
@@ -781,12 +944,13 @@ def _train(cfg: config_lib.Config, workdir: str, preemption: _PreemptionGuard, *
         sums[k] = sums.get(k, 0.0) + v * n
       count += n
       step = chunk_end
-      if preemption.requested and step < epoch_end:
+      if dist.any_worker(preemption.requested) and step < epoch_end:
         # The epoch's history entry is written when it ends (after resuming), from
         # the sums saved here, as if it had not been interrupted.
-        _write_partial_epoch(workdir, step, sums, count,
-                             carried_seconds + time.perf_counter() - epoch_start)
-        path = _save_checkpoint(trainer.manager, step, 'checkpoint')
+        if dist.is_chief:
+          _write_partial_epoch(workdir, step, sums, count,
+                               carried_seconds + time.perf_counter() - epoch_start)
+        path = trainer.save('latest', step, 'checkpoint')
         writer.flush()
         raise errors.Preempted(step, path)
       if stop_after_steps is not None and step >= stop_after_steps:
@@ -816,7 +980,7 @@ def _train(cfg: config_lib.Config, workdir: str, preemption: _PreemptionGuard, *
         trainer.best_validation.assign(val['mixture_elbo'])
         trainer._best_step.assign(step)
         trainer._best_active.assign(trainer.num_active)
-        _save_checkpoint(trainer.best_manager, step, 'selected (best) checkpoint')
+        trainer.save('best', step, 'selected (best) checkpoint')
         is_best = True
     with writer.as_default(step=step):
       tf.summary.scalar('train/mixture_elbo', entry['train_mixture_elbo'])
@@ -834,11 +998,13 @@ def _train(cfg: config_lib.Config, workdir: str, preemption: _PreemptionGuard, *
     history.append(entry)
     # History first: a kill between the two leaves an entry past the checkpoint,
     # which _read_history drops on resume (the other order would lose the entry).
-    _write_json_or_fail(os.path.join(workdir, HISTORY_FILE), history,
-                        trainer.manager.latest_checkpoint)
-    _save_checkpoint(trainer.manager, step, 'checkpoint')
-    with contextlib.suppress(OSError):  # the sums of an interrupted epoch are in history now
-      os.remove(os.path.join(workdir, PARTIAL_EPOCH_FILE))
+    if dist.is_chief:
+      _write_json_or_fail(os.path.join(workdir, HISTORY_FILE), history,
+                          trainer.manager.latest_checkpoint)
+    trainer.save('latest', step, 'checkpoint')
+    if dist.is_chief:
+      with contextlib.suppress(OSError):  # the sums of an interrupted epoch are in history now
+        os.remove(os.path.join(workdir, PARTIAL_EPOCH_FILE))
     # ETA from wall time per epoch of this call (training, validation and checkpoints).
     wall_per_epoch = (time.perf_counter() - wall_start) / max((step - first_step) / spe, 1e-9)
     remaining = (total_steps - step) / spe * wall_per_epoch
@@ -849,17 +1015,45 @@ def _train(cfg: config_lib.Config, workdir: str, preemption: _PreemptionGuard, *
         f'{epoch_seconds:.1f}s ETA {_format_seconds(remaining)}')
 
   finished = step >= total_steps
-  if finished and trainer.best_manager.latest_checkpoint:
-    _restore_or_fail(trainer.best_checkpoint, trainer.best_manager.latest_checkpoint)
+  dist.barrier()  # other workers read best/ once the chief has written it
+  best = (trainer.best_manager.latest_checkpoint if dist.is_chief else
+          tf.train.latest_checkpoint(trainer.best_manager.directory))
+  if finished and best:
+    _restore_or_fail(trainer.best_checkpoint, best)
     trainer.num_active.assign(trainer._best_active)
   return TrainResult(trainer=trainer, history=history, train_seconds=train_seconds,
                      steps=step, splits=splits, ran_steps=step - first_step)
 
 
+def _train_dataset(dist: distribute.Distribution, images, cfg: config_lib.Config, epoch: int,
+                   skip: int):
+  """Epoch `epoch`'s training batches from batch `skip` on, split per replica under a strategy.
+
+  Under a strategy, each input pipeline (one per worker) yields, for every
+  global batch, the blocks of its local replicas (`data.make_train_dataset`'s
+  `slices`): replica r of R gets rows [r B/R, (r+1) B/R) with the same
+  binarization as without a strategy, and resuming by step count stays exact.
+  """
+  def make(slices=None):
+    return data_lib.make_train_dataset(
+        images, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
+        binarization=cfg.binarization, skip_batches=skip, slices=slices)
+
+  if not dist.distributed:
+    return make()
+
+  def dataset_fn(context: tf.distribute.InputContext):
+    local = context.num_replicas_in_sync // context.num_input_pipelines
+    return make((context.input_pipeline_id * local, local, context.num_replicas_in_sync))
+
+  return dist.strategy.distribute_datasets_from_function(dataset_fn)
+
+
 def restore_for_evaluation(workdir: str, *, which: str = 'best',
                            make_networks: Optional[Callable] = None,
                            num_pixels: Optional[int] = None,
-                           log: Callable[[str], None] = print):
+                           log: Callable[[str], None] = print,
+                           distribution: Optional[distribute.Distribution] = None):
   """Loads a run's networks for evaluation or export.
 
   Args:
@@ -868,13 +1062,16 @@ def restore_for_evaluation(workdir: str, *, which: str = 'best',
       checkpoint, `Trainer.restore_latest`), or a checkpoint path.
     make_networks, num_pixels: as `Trainer`; None: what the run's config selects.
     log: receives warning lines (an unreadable latest checkpoint skipped).
+    distribution: None (one device), or a strategy to create the networks under
+      (for `likelihood.evaluate(..., strategy=...)`).
   Returns:
     (cfg, trainer, checkpoint_path) with trainer.num_active set to the restored count.
   Raises:
     UserError: no such checkpoint, or it is unreadable.
   """
   cfg = config_lib.Config.load(config_lib.config_path(workdir))
-  trainer = Trainer(cfg, workdir, make_networks=make_networks, num_pixels=num_pixels)
+  trainer = Trainer(cfg, workdir, make_networks=make_networks, num_pixels=num_pixels,
+                    distribution=distribution)
   if which == 'best':
     path = trainer.best_manager.latest_checkpoint
     if not path:

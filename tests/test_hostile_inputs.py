@@ -1,4 +1,4 @@
-"""Hostile inputs: malformed data files and invalid flags get one `error:` line, change nothing.
+"""Hostile inputs: malformed data, flags and TF_CONFIG get one `error:` line, change nothing.
 
 Every case runs a launcher (launch/train.py, evaluate.py, export.py or main.py)
 and checks the contract of launch/common.py:
@@ -366,6 +366,7 @@ SUBPROCESS_CASES = {
         'train', lambda r: _train_case(data_dir=str(r / 'nowhere'))(r), 'does not exist', True),
     'train: another config in an existing run': (
         'train', _train_case(latent_dim=4), 'different config (fields latent_dim)', False),
+    'train: unknown strategy': ('train', _train_case(strategy='gpus'), "strategy='gpus'", True),
     # evaluate
     'evaluate: no workdir': ('evaluate', lambda r: [], '--workdir is required', True),
     'evaluate: nonexistent workdir': (
@@ -419,6 +420,8 @@ SUBPROCESS_CASES = {
         'main', lambda r: _main_case(workdir=str(r / 'a_file' / 'x'))(r), 'not writable', True),
     'main: unknown flag': ('main', _main_case(extra=['--method_list=rme']), "'method_list'",
                            True),
+    'main: multi_worker strategy': (
+        'main', _main_case(strategy='multi_worker'), 'run launch/train.py on every worker', True),
 }
 
 
@@ -430,6 +433,52 @@ def test_launcher_refuses_in_one_line(name, root, env):
                           cwd=CWD, env=env, capture_output=True, text=True, timeout=TIMEOUT)
   _check(result.returncode, result.stderr, fragment, before_after=(before, _snapshot(root)),
          only_line=pre_tf)
+
+
+# --strategy=multi_worker with a missing or malformed TF_CONFIG (TF_CONFIG value, fragment):
+# refused before TensorFlow loads (rec_vae_tf/cluster.py; more cases in tests/test_distribute.py).
+_TWO_WORKERS = {'worker': ['127.0.0.1:2222', '127.0.0.1:2223']}
+
+
+def _tf_config(cluster, task):
+  return json.dumps({'cluster': cluster, 'task': task})
+
+
+TF_CONFIG_CASES = {
+    'unset': (None, 'needs the TF_CONFIG environment variable'),
+    'not JSON': ('{"cluster": {"worker": ', 'not valid JSON'),
+    'a JSON list': ('[]', 'expected a JSON object'),
+    'no cluster': (json.dumps({'task': {'type': 'worker', 'index': 0}}), 'no "cluster"'),
+    'a parameter server job': (
+        _tf_config(dict(_TWO_WORKERS, ps=['127.0.0.1:2224']), {'type': 'worker', 'index': 0}),
+        "job 'ps' is not supported"),
+    'an address without a port': (
+        _tf_config({'worker': ['127.0.0.1']}, {'type': 'worker', 'index': 0}), 'not a "host:port"'),
+    'an address twice': (
+        _tf_config({'worker': ['127.0.0.1:2222'] * 2}, {'type': 'worker', 'index': 0}),
+        'listed twice'),
+    'no task': (json.dumps({'cluster': _TWO_WORKERS}), 'no "task"'),
+    'a task type not in the cluster': (
+        _tf_config(_TWO_WORKERS, {'type': 'chief', 'index': 0}), "task type 'chief' is not a job"),
+    'an index out of range': (
+        _tf_config(_TWO_WORKERS, {'type': 'worker', 'index': 2}), 'out of range'),
+    'a string index': (
+        _tf_config(_TWO_WORKERS, {'type': 'worker', 'index': '0'}), 'must be an integer'),
+}
+
+
+@pytest.mark.parametrize('name', list(TF_CONFIG_CASES))
+def test_malformed_tf_config_is_refused_in_one_line(name, root, env):
+  text, fragment = TF_CONFIG_CASES[name]
+  case_env = {k: v for k, v in env.items() if k != 'TF_CONFIG'}
+  if text is not None:
+    case_env['TF_CONFIG'] = text
+  before = _snapshot(root)
+  result = subprocess.run([sys.executable, '-m', 'launch.train',
+                           *_train_case(strategy='multi_worker')(root)],
+                          cwd=CWD, env=case_env, capture_output=True, text=True, timeout=TIMEOUT)
+  _check(result.returncode, result.stderr, fragment, before_after=(before, _snapshot(root)),
+         only_line=True)
 
 
 # Real subprocesses for damage found only after TensorFlow has loaded.
