@@ -131,7 +131,6 @@ class InverseAutoregressiveFlow(_Flow):
             for made in self.steps]
 
 
-
 class HouseholderFlow(_Flow):
   """T Householder reflections: (z_0 [..., D], h [..., H]) -> (z_T, log|det| = 0)."""
 
