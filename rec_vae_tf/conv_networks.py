@@ -163,7 +163,7 @@ def _seeds(seed, count):
   return [int(s) for s in np.random.SeedSequence(seed).generate_state(count)]
 
 
-class ConvMixtureEncoder(keras.layers.Layer):
+class ConvMixtureEncoder(networks.ComponentVariableGroups, keras.layers.Layer):
   """M convolutional Gaussian encoders q_m(z|x) and the mixing logits, in one pass.
 
   Same outputs, properties and eps_mode semantics as `networks.MixtureEncoder`
@@ -277,22 +277,8 @@ class ConvMixtureEncoder(keras.layers.Layer):
       return networks.EncoderOutput(loc, scale, eps_logit, features=tf.cast(h, tf.float32))
     return networks.EncoderOutput(loc, scale, eps_logit)
 
-  @property
-  def component_variables(self):
-    """Variables of phi_1..phi_M (leading axis M): trained by the component objectives only."""
-    out = []
-    for layer in self.convs + self.dense + [self.loc_head, self.scale_head]:
-      out.extend(layer.trainable_variables)
-    return out
-
-  @property
-  def weight_variables(self):
-    """Variables of the mixing weights (leading axis M): trained by the mixture bound only."""
-    if self.eps_mode == 'amortized':
-      return list(self.eps_head.trainable_variables)
-    if self.eps_mode == 'global':
-      return [self.eps_logits]
-    return []
+  def _component_layers(self):
+    return self.convs + self.dense + [self.loc_head, self.scale_head]
 
 
 class ConvDecoder(keras.layers.Layer):

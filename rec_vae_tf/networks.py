@@ -92,7 +92,32 @@ class EncoderOutput(NamedTuple):
   features: tf.Tensor = None
 
 
-class MixtureEncoder(keras.layers.Layer):
+class ComponentVariableGroups:
+  """The two variable groups of an M-encoder layer (dense or conv), for the trainer.
+
+  Subclasses give `_component_layers()` (every layer of phi_1..phi_M) and have
+  `eps_mode` with `eps_head` (amortized) or `eps_logits` (global).
+  """
+
+  @property
+  def component_variables(self):
+    """Variables of phi_1..phi_M (leading axis M): trained by the component objectives only."""
+    out = []
+    for layer in self._component_layers():
+      out.extend(layer.trainable_variables)
+    return out
+
+  @property
+  def weight_variables(self):
+    """Variables of the mixing weights (leading axis M): trained by the mixture bound only."""
+    if self.eps_mode == 'amortized':
+      return list(self.eps_head.trainable_variables)
+    if self.eps_mode == 'global':
+      return [self.eps_logits]
+    return []
+
+
+class MixtureEncoder(ComponentVariableGroups, keras.layers.Layer):
   """M Gaussian encoders q_m(z|x) = N(loc_m(x), diag(scale_m(x)^2)) and the mixing logits.
 
   eps_mode:
@@ -162,22 +187,8 @@ class MixtureEncoder(keras.layers.Layer):
       eps_logit = tf.broadcast_to(self._fixed_logits[None, :], [batch, self.num_components])
     return EncoderOutput(loc, scale, eps_logit, tf.cast(h, tf.float32))
 
-  @property
-  def component_variables(self):
-    """Variables of phi_1..phi_M: trained by the component objectives only."""
-    out = []
-    for layer in self.trunk + [self.loc_head, self.scale_head]:
-      out.extend(layer.trainable_variables)
-    return out
-
-  @property
-  def weight_variables(self):
-    """Variables of the mixing weights: trained by the mixture bound only."""
-    if self.eps_mode == 'amortized':
-      return list(self.eps_head.trainable_variables)
-    if self.eps_mode == 'global':
-      return [self.eps_logits]
-    return []
+  def _component_layers(self):
+    return self.trunk + [self.loc_head, self.scale_head]
 
 
 def _track_for_checkpoints(owner, name, layers):
