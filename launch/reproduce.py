@@ -26,6 +26,11 @@ Presets:
          (2,000 validation images for --ablation).
   paper  200 epochs, a new component every 20 epochs, seeds 0, 1, 2, M in
          1, 2, 3, 4, 6, 8, K = 5000 on all 10,000 test images.
+  long   the 200-epoch comparison for this CPU: vae, vae_matched, iwae, rme,
+         iaf (seeds 0 and 1) and savae (seed 0, run last), M = 4, a new
+         component every 20 epochs, K = 5000 on all 10,000 test images, and
+         validation log p(x) (K = 100, 1,000 images) every 10 epochs in each
+         run's history.json (time-to-quality).
 
 Writes into --workdir: cells.json, cells.csv (every cell), table.md (mean ±
 std over seeds) or ablation.md and ablation_cells.json/.csv, ll_vs_components.png, ll_vs_inference_time.png,
@@ -41,7 +46,7 @@ from absl import flags
 
 from launch import common
 
-flags.DEFINE_string('preset', 'quick', 'Grid and training length: quick or paper.')
+flags.DEFINE_string('preset', 'quick', 'Grid and training length: quick, paper or long.')
 flags.DEFINE_string('workdir', 'runs/reproduce', 'Output directory (resumed if it exists).')
 flags.DEFINE_string('data_dir', 'data/mnist',
                     'Directory with the dataset\'s files (mnist: mnist.npz, which ./run.sh '

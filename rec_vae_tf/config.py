@@ -143,6 +143,13 @@ class Config:
   eval_batch_size: int = 100
   eval_chunk: int = 500            # importance samples per chunk (bounds memory)
   validation_every: int = 1        # epochs between validation ELBO / selection
+  # Time-to-quality: every N epochs (0: never), importance-sampled validation log p(x)
+  # with K = valid_log_likelihood_samples on the first valid_log_likelihood_examples
+  # validation images (binarized once), recorded in history.json with the training
+  # seconds so far. Measurement only: no effect on training or selection.
+  valid_log_likelihood_every: int = 0
+  valid_log_likelihood_examples: int = 1000
+  valid_log_likelihood_samples: int = 100
 
   # ---------------------------------------------------------------- derived
   @property
@@ -227,6 +234,9 @@ class Config:
     integer('eval_batch_size', 1)
     integer('eval_chunk', 1)
     integer('validation_every', 1)
+    integer('valid_log_likelihood_every', 0)
+    integer('valid_log_likelihood_examples', 1)
+    integer('valid_log_likelihood_samples', 1)
     if not isinstance(self.data_dir, str) or not self.data_dir:
       fail('data_dir', 'a non-empty path')
     for field in ('xla', 'warm_start', 'mixed_precision', 'deterministic'):
@@ -243,9 +253,15 @@ class Config:
 
   # -------------------------------------------------------------------- I/O
   def to_dict(self) -> Dict[str, Any]:
+    """The fields as JSON values; fields added later are left out at their defaults.
+
+    So config.json files and the grid's training keys (a hash of this dict) of
+    runs made before such a field existed stay valid.
+    """
     values = dataclasses.asdict(self)
-    if values['strategy'] == 'default':  # as written before the field existed
-      del values['strategy']
+    for name, default in _OMITTED_AT_DEFAULT.items():
+      if values[name] == default:
+        del values[name]
     return values
 
   def replace(self, **changes) -> 'Config':
@@ -273,6 +289,15 @@ class Config:
     except (OSError, json.JSONDecodeError) as e:
       raise errors.UserError(f'unreadable config {path}: {e}') from None
     return cls.from_dict(values).validate()
+
+
+# Fields added after runs were made, and their defaults (see Config.to_dict).
+_OMITTED_AT_DEFAULT = {
+    'strategy': 'default',
+    'valid_log_likelihood_every': 0,
+    'valid_log_likelihood_examples': 1000,
+    'valid_log_likelihood_samples': 100,
+}
 
 
 def default_config(method: str = 'rme', **overrides) -> Config:

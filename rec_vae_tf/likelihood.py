@@ -437,11 +437,34 @@ def evaluate(encoder, decoder, dataset, num_active, *, num_samples: int, chunk: 
   ev = Evaluator(encoder, decoder, xla=xla, refine=refine, flow=flow, strategy=strategy)
   num_active = tf.constant(int(num_active), tf.int32)
   elbo = evaluate_elbo(encoder, decoder, dataset, num_active, seed=seed + 1, evaluator=ev)
+  mean_ll, count, num_dims = mean_log_likelihood(ev, dataset, num_active, num_samples=num_samples,
+                                                 chunk=chunk, seed=seed, log=log)
+  encoder_ms = encoder_time_ms(ev, dataset, num_active)
+  return {'test_log_likelihood': mean_ll,
+          'test_bits_per_dim': likelihoods.bits_per_dim(mean_ll, num_dims),
+          'num_dims': num_dims,
+          'test_elbo': elbo['mixture_elbo'],
+          'component_elbo': elbo['component_elbo'],
+          'mixture_weights': elbo['mixture_weights'],
+          'weight_entropy': elbo['weight_entropy'],
+          'num_importance_samples': int(num_samples),
+          'num_examples': count,
+          'encoder_ms_per_batch': encoder_ms}
+
+
+def mean_log_likelihood(ev: Evaluator, dataset, num_active, *, num_samples: int, chunk: int,
+                        seed: int, log=None):
+  """Importance-sampled log p(x) averaged over a dataset: (mean, examples, pixels per image).
+
+  Batch i is estimated with seed `seed * 100003 + i`; the per-example
+  estimates are summed in float64 and divided by the exact example count.
+  Under the evaluator's strategy every batch is sharded across its replicas.
+  """
   total, count, num_dims = 0.0, 0, None
   start = time.perf_counter()
   batches = None
   for i, x in enumerate(dataset):
-    if strategy is not None:
+    if ev.strategy is not None:
       batch_total, batch_count = ev.sharded_log_likelihood_sum(
           x, num_active, num_samples, chunk, seed=seed * 100003 + i)
       total += batch_total
@@ -456,17 +479,9 @@ def evaluate(encoder, decoder, dataset, num_active, *, num_samples: int, chunk: 
       batches = batches or sum(1 for _ in dataset)
       log(f'  importance sampling: {i + 1}/{batches} batches, running log p(x) '
           f'{total / count:.3f}, ETA {elapsed / (i + 1) * (batches - i - 1):.0f}s')
-  encoder_ms = encoder_time_ms(ev, dataset, num_active)
-  return {'test_log_likelihood': total / count,
-          'test_bits_per_dim': likelihoods.bits_per_dim(total / count, num_dims),
-          'num_dims': num_dims,
-          'test_elbo': elbo['mixture_elbo'],
-          'component_elbo': elbo['component_elbo'],
-          'mixture_weights': elbo['mixture_weights'],
-          'weight_entropy': elbo['weight_entropy'],
-          'num_importance_samples': int(num_samples),
-          'num_examples': count,
-          'encoder_ms_per_batch': encoder_ms}
+  if count == 0:
+    raise ValueError('empty evaluation dataset')
+  return total / count, count, num_dims
 
 
 def encoder_time_ms(ev: Evaluator, dataset, num_active, repeats: int = 20) -> float:

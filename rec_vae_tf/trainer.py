@@ -829,6 +829,10 @@ def train(cfg: config_lib.Config, workdir: str, *,
           'resume') from None
 
 
+# Config fields that only measure (time-to-quality): a run may resume with other values.
+_MEASUREMENT_FIELDS = ('strategy', 'valid_log_likelihood_every', 'valid_log_likelihood_examples',
+                       'valid_log_likelihood_samples')
+
 # What a collective op of MultiWorkerMirroredStrategy raises when a peer is gone.
 _LOST_PEER_ERRORS = (tf.errors.UnavailableError, tf.errors.CancelledError,
                      tf.errors.AbortedError, tf.errors.DeadlineExceededError)
@@ -843,7 +847,8 @@ def _train(cfg: config_lib.Config, workdir: str, preemption: _PreemptionGuard,
   if os.path.exists(config_file):
     previous = config_lib.Config.load(config_file)
     # The strategy may change between runs: it changes how the steps run, not what they compute.
-    if previous.replace(strategy=cfg.strategy) != cfg:
+    # So may the time-to-quality measurements (valid_log_likelihood_*): they read, never train.
+    if previous.replace(**{k: getattr(cfg, k) for k in _MEASUREMENT_FIELDS}) != cfg:
       changed = sorted(k for k, v in cfg.to_dict().items() if previous.to_dict().get(k) != v)
       raise errors.UserError(
           f'{workdir} holds a run with a different config (fields {", ".join(changed)}); '
@@ -885,6 +890,10 @@ def _train(cfg: config_lib.Config, workdir: str, preemption: _PreemptionGuard,
   valid_evaluator = likelihood.Evaluator(trainer.encoder, trainer.decoder, xla=cfg.xla,
                                          refine=trainer.refine, flow=trainer.flow,
                                          strategy=dist.strategy if dist.distributed else None)
+  ll_images = splits.valid[:cfg.valid_log_likelihood_examples]
+  valid_ll_ds = (data_lib.make_eval_dataset(ll_images, batch_size=cfg.eval_batch_size,
+                                            seed=cfg.seed + 3, binarization=cfg.binarization)
+                 if cfg.valid_log_likelihood_every else None)
   writer = (tf.summary.create_file_writer(os.path.join(workdir, SUMMARY_DIR)) if dist.is_chief
             else tf.summary.create_noop_writer())
   train_seconds = sum(h.get('epoch_seconds', 0.0) for h in history)
@@ -982,6 +991,13 @@ def _train(cfg: config_lib.Config, workdir: str, preemption: _PreemptionGuard,
         trainer._best_active.assign(trainer.num_active)
         trainer.save('best', step, 'selected (best) checkpoint')
         is_best = True
+    entry['train_seconds'] = train_seconds
+    if completed and valid_ll_ds is not None and (
+        (epoch + 1) % cfg.valid_log_likelihood_every == 0 or epoch + 1 == cfg.epochs):
+      entry['valid_log_likelihood'] = likelihood.mean_log_likelihood(
+          valid_evaluator, valid_ll_ds, trainer.num_active.read_value(),
+          num_samples=cfg.valid_log_likelihood_samples, chunk=cfg.eval_chunk,
+          seed=cfg.seed + 4)[0]
     with writer.as_default(step=step):
       tf.summary.scalar('train/mixture_elbo', entry['train_mixture_elbo'])
       tf.summary.scalar('train/weight_entropy', entry['weight_entropy'])
@@ -994,6 +1010,8 @@ def _train(cfg: config_lib.Config, workdir: str, preemption: _PreemptionGuard,
           tf.summary.scalar(f'component_{m + 1}/weight', w)
       if 'valid_mixture_elbo' in entry:
         tf.summary.scalar('valid/mixture_elbo', entry['valid_mixture_elbo'])
+      if 'valid_log_likelihood' in entry:
+        tf.summary.scalar('valid/log_likelihood', entry['valid_log_likelihood'])
     writer.flush()
     history.append(entry)
     # History first: a kill between the two leaves an entry past the checkpoint,
@@ -1010,6 +1028,8 @@ def _train(cfg: config_lib.Config, workdir: str, preemption: _PreemptionGuard,
     remaining = (total_steps - step) / spe * wall_per_epoch
     val_text = (f' valid ELBO {entry["valid_mixture_elbo"]:.2f}{" *" if is_best else ""}'
                 if 'valid_mixture_elbo' in entry else '')
+    if 'valid_log_likelihood' in entry:
+      val_text += f' valid log p(x) {entry["valid_log_likelihood"]:.2f}'
     log(f'epoch {epoch + 1}/{cfg.epochs} step {step} active {entry["num_active"]}/'
         f'{cfg.num_components} train ELBO {entry["train_mixture_elbo"]:.2f}{val_text} '
         f'{epoch_seconds:.1f}s ETA {_format_seconds(remaining)}')

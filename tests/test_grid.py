@@ -175,3 +175,18 @@ def test_ablation_table_reports_the_difference_to_the_default():
   assert '| default | 2 | -101.00 ± 1.41 | +0.00 |' in table
   assert '| kl_weight=0.0 | 1 | -100.50 | +0.50 |' in table
   assert 'Best by validation log p(x): kl_weight=0.0 (+0.50 nats' in table
+
+
+def test_long_preset_runs_savae_once_and_last_and_records_validation_log_likelihood():
+  preset = grid.PRESETS['long']
+  cells = grid.plan(_base(), preset)
+  variants = [c.variant for c in cells]
+  assert variants.count('savae') == 1 and variants[-1] == 'savae'
+  assert cells[-1].config.seed == 0
+  assert sorted(set(variants)) == sorted(preset.variants)
+  assert all(variants.count(v) == 2 for v in preset.variants if v != 'savae')
+  assert all(c.config.epochs == 200 and c.config.epochs_per_component == 20.0 for c in cells)
+  assert all(c.config.valid_log_likelihood_every == 10 for c in cells)
+  # The measurement field changes the training key; the quick preset's keys do not change.
+  quick = grid.plan(_base(), grid.PRESETS['quick'], seeds=[0], variants=['rme'])[0]
+  assert 'valid_log_likelihood_every' not in quick.config.to_dict()

@@ -367,3 +367,37 @@ def test_identical_states_take_identical_steps(tmp_path):
   for other in updates[1:]:
     for a, b in zip(updates[0], other):
       np.testing.assert_array_equal(a, b)
+
+
+def test_validation_log_likelihood_is_recorded_without_changing_training(tmp_path):
+  cfg = _cfg()
+  plain = _train(cfg, tmp_path / 'plain')
+  measured = _train(cfg.replace(valid_log_likelihood_every=2, valid_log_likelihood_examples=5,
+                                valid_log_likelihood_samples=3), tmp_path / 'measured')
+  # Epochs 2 and 3 (the last) carry an estimate; nothing else changes.
+  lls = [h.get('valid_log_likelihood') for h in measured.history]
+  assert lls[0] is None and all(np.isfinite(v) and v < 0 for v in lls[1:])
+  seconds = [h['train_seconds'] for h in measured.history]
+  assert seconds == sorted(seconds) and seconds[-1] == pytest.approx(measured.train_seconds)
+  for a, b in zip(_values(plain.trainer), _values(measured.trainer)):
+    np.testing.assert_array_equal(a, b)
+  strip = lambda h: {k: v for k, v in h.items()
+                     if k not in ('epoch_seconds', 'train_seconds', 'valid_log_likelihood')}
+  assert [strip(h) for h in plain.history] == [strip(h) for h in measured.history]
+  # The estimate is the Evaluator's, on the first 5 validation images with K = 3.
+  ev = trainer_lib.likelihood.Evaluator(measured.trainer.encoder, measured.trainer.decoder,
+                                        xla=False)
+  ds = data_lib.make_eval_dataset(measured.splits.valid[:5], batch_size=4, seed=cfg.seed + 3,
+                                  binarization=cfg.binarization)
+  want = trainer_lib.likelihood.mean_log_likelihood(ev, ds, measured.trainer.num_active,
+                                                    num_samples=3, chunk=cfg.eval_chunk,
+                                                    seed=cfg.seed + 4)[0]
+  assert lls[-1] == pytest.approx(want, rel=1e-6)
+
+
+def test_a_run_resumes_with_other_measurement_settings(tmp_path):
+  cfg = _cfg()
+  _train(cfg, tmp_path, stop_after_steps=6)
+  resumed = _train(cfg.replace(valid_log_likelihood_every=1, valid_log_likelihood_examples=4),
+                   tmp_path)
+  assert resumed.steps == 18 and 'valid_log_likelihood' in resumed.history[-1]
