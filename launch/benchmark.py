@@ -11,7 +11,7 @@ in one process on whatever device TensorFlow sees (a GPU if there is one):
   * amortized inference (one encoder pass, the posterior's weights, means and
     scales) per batch: the VAE and RME(M = --inference_components); and
     SA-VAE: the VAE's encoder followed by K = --savae_steps refinement steps
-    (`rec_vae_tf.refinement`, noise drawn outside XLA and counted);
+    (`rec_vae_tf.methods.refinement`, noise drawn outside XLA and counted);
   * importance-sampled evaluation throughput in images per second at
     K = --num_importance_samples (the `likelihood.Evaluator` code path);
   * the achieved FLOP rate of the training steps and of the evaluation, as a
@@ -208,10 +208,10 @@ def main(argv):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from rec_vae_tf import config as config_lib  # pylint: disable=g-import-not-at-top
   from rec_vae_tf import data as data_lib  # pylint: disable=g-import-not-at-top
-  from rec_vae_tf import likelihood  # pylint: disable=g-import-not-at-top
-  from rec_vae_tf import networks  # pylint: disable=g-import-not-at-top
-  from rec_vae_tf import refinement  # pylint: disable=g-import-not-at-top
-  from rec_vae_tf import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.evaluation import likelihood  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.models import networks  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.methods import refinement  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 
   hidden = tuple(parsed['hidden_units'])
   latent = FLAGS.latent_dim

@@ -21,7 +21,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from absl import flags  # pylint: disable=g-import-not-at-top
 from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
 
-from rec_vae_tf import cluster  # pylint: disable=g-import-not-at-top
+from rec_vae_tf.training import cluster  # pylint: disable=g-import-not-at-top
 from rec_vae_tf import config as config_lib  # pylint: disable=g-import-not-at-top
 from rec_vae_tf import errors  # pylint: disable=g-import-not-at-top
 
@@ -42,7 +42,7 @@ def define_config_flags() -> None:
   flags.DEFINE_string('network', d.network,
                       'Network size: dense small (2x200 hidden) or large (2x500 hidden); conv '
                       'conv_small (channels 32, 64, ...) or conv_large (64, 128, ...), stride-2 '
-                      'layers sized for the dataset\'s images (rec_vae_tf/conv_networks.py). '
+                      'layers sized for the dataset\'s images (rec_vae_tf/models/conv_networks.py). '
                       'Colour datasets need a conv size.')
   flags.DEFINE_integer('encoder_hidden_units', d.encoder_hidden_units,
                        'Width of every encoder hidden layer (0: the network size\'s width); the '

@@ -19,7 +19,7 @@ from absl import app
 from absl import flags
 
 from launch import common
-from rec_vae_tf import cluster
+from rec_vae_tf.training import cluster
 from rec_vae_tf import config as config_lib
 from rec_vae_tf import errors
 
@@ -54,11 +54,11 @@ def main(argv):
     raise errors.ConfigError(f'invalid flag: strategy={FLAGS.strategy!r}; allowed: one of '
                              f'{", ".join(config_lib.STRATEGIES)}')
   cluster.check_strategy_environment(FLAGS.strategy)
-  from rec_vae_tf import distribute  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.training import distribute  # pylint: disable=g-import-not-at-top
   dist = distribute.get(FLAGS.strategy)  # before TensorFlow runs anything (multi_worker)
-  from rec_vae_tf import builders  # pylint: disable=g-import-not-at-top
-  from rec_vae_tf import likelihood  # pylint: disable=g-import-not-at-top
-  from rec_vae_tf import trainer  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.models import builders  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.evaluation import likelihood  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.training import trainer  # pylint: disable=g-import-not-at-top
   from rec_vae_tf import data as data_lib  # pylint: disable=g-import-not-at-top
   cfg, tr, path = trainer.restore_for_evaluation(FLAGS.workdir, which=FLAGS.checkpoint,
                                                  distribution=dist)

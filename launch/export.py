@@ -92,8 +92,8 @@ def _describe(summary) -> str:
 def main(argv):
   del argv
   _validate()
-  from rec_vae_tf import trainer  # pylint: disable=g-import-not-at-top
-  from rec_vae_tf import export as export_lib  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.training import trainer  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.serving import export as export_lib  # pylint: disable=g-import-not-at-top
   cfg, tr, path = trainer.restore_for_evaluation(FLAGS.workdir, which=FLAGS.checkpoint)
   module = export_lib.InferenceModule(
       tr.encoder, tr.decoder, int(tr.num_active.numpy()), num_pixels=tr.decoder.num_pixels,

@@ -54,7 +54,7 @@ def main(argv):
         f'{", ".join(common.config_lib.METHODS)}')
   common.check_data_dir(base.data_dir, base.dataset)
   common.config_lib.check_workdir(FLAGS.workdir)  # before TensorFlow loads
-  from rec_vae_tf import experiment  # pylint: disable=g-import-not-at-top  (TF loads after validation)
+  from rec_vae_tf.experiments import experiment  # pylint: disable=g-import-not-at-top  (TF loads after validation)
   experiment.run_comparison(
       base, FLAGS.workdir, methods=FLAGS.methods,
       num_importance_samples=base.num_importance_samples,

@@ -82,7 +82,7 @@ def _positive(name, value, low=1):
 def main(argv):
   del argv
   from rec_vae_tf import config as config_lib  # light: no TensorFlow
-  from rec_vae_tf import grid  # light until a cell runs
+  from rec_vae_tf.experiments import grid  # light until a cell runs
   if FLAGS.preset not in grid.PRESETS:
     raise common.errors.ConfigError(
         f'invalid flag: preset={FLAGS.preset!r}; allowed: one of {", ".join(grid.PRESETS)}')
@@ -118,7 +118,7 @@ def main(argv):
   # Every cell builds its own compiled functions by design; TensorFlow's
   # "retracing" warnings about that are noise here.
   logging.getLogger('tensorflow').setLevel(logging.ERROR)
-  # Data and networks: what each cell's config selects (rec_vae_tf.builders).
+  # Data and networks: what each cell's config selects (rec_vae_tf.models.builders).
   rows = grid.run_grid(cells, FLAGS.workdir, num_importance_samples=preset.num_importance_samples,
                        test_examples=preset.test_examples, valid_examples=preset.valid_examples,
                        log=common.log)

@@ -39,10 +39,10 @@ from rec_vae_tf import errors
 
 METHODS = ('rme', 'vae', 'boosted', 'mixture', 'iwae', 'savae', 'vae_svi', 'iaf', 'hf')
 SINGLE_ENCODER_METHODS = ('vae', 'iwae', 'savae', 'vae_svi', 'iaf', 'hf')
-# Methods whose posterior is the encoder's Gaussian pushed through a flow (rec_vae_tf.flows).
+# Methods whose posterior is the encoder's Gaussian pushed through a flow (rec_vae_tf.models.flows).
 FLOW_METHODS = ('iaf', 'hf')
 # Methods whose posterior is the encoder's output refined per example
-# (rec_vae_tf.refinement), in training and at test time.
+# (rec_vae_tf.methods.refinement), in training and at test time.
 REFINED_METHODS = ('savae', 'vae_svi')
 # The --dataset values: the keys of `datasets.SPECS`, listed here because this
 # module must load without TensorFlow (datasets.py imports it);
@@ -70,10 +70,10 @@ DATASET_BINARIZATIONS = {
 # Colour datasets: a discretized logistic decoder, which only the conv networks have.
 COLOUR_DATASETS = ('svhn', 'celeba')
 DENSE_NETWORKS = ('small', 'large')
-CONV_NETWORKS = ('conv_small', 'conv_large')  # rec_vae_tf.conv_networks
+CONV_NETWORKS = ('conv_small', 'conv_large')  # rec_vae_tf.models.conv_networks
 NETWORKS = DENSE_NETWORKS + CONV_NETWORKS
 EPS_MODES = ('amortized', 'global', 'fixed')
-# tf.distribute strategies (rec_vae_tf/distribute.py): default runs without one.
+# tf.distribute strategies (rec_vae_tf/training/distribute.py): default runs without one.
 STRATEGIES = ('default', 'mirrored', 'multi_worker', 'tpu')
 SCHEDULES = ('recursive', 'freeze_earlier', 'simultaneous')
 
@@ -133,7 +133,7 @@ class Config:
   # data order and all noise are stateless functions of the seed either way).
   deterministic: bool = False
   mixed_precision: bool = False    # bfloat16 matmuls, float32 variables and density math (GPU-oriented)
-  # STRATEGIES: how the steps run (rec_vae_tf/distribute.py), not what is trained: the
+  # STRATEGIES: how the steps run (rec_vae_tf/training/distribute.py), not what is trained: the
   # global batch, data and noise are the same under every strategy, so a run may be
   # resumed under another one. Omitted from to_dict() when 'default', so config.json
   # and the grid's training keys of runs without a strategy are unchanged.

@@ -5,11 +5,11 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from rec_vae_tf import config as config_lib
-from rec_vae_tf import conv_networks
-from rec_vae_tf import likelihoods
-from rec_vae_tf import networks
-from rec_vae_tf import posterior
-from rec_vae_tf import trainer as trainer_lib
+from rec_vae_tf.models import conv_networks
+from rec_vae_tf.models import likelihoods
+from rec_vae_tf.models import networks
+from rec_vae_tf.models import posterior
+from rec_vae_tf.training import trainer as trainer_lib
 from tests.conftest import B, D, M, S
 
 IMAGE = (8, 12, 3)  # H != W: an H/W mix-up fails

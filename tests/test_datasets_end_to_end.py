@@ -1,7 +1,7 @@
 """Issue 5 end to end: one epoch on a fixture of each kind, evaluated and exported.
 
 The three kinds, each through the loader and networks its Config selects
-(`rec_vae_tf.builders`, which `trainer.train` uses when given none):
+(`rec_vae_tf.models.builders`, which `trainer.train` uses when given none):
 
   binary dense   binarized_mnist (.amat files), network small, binarization fixed
   binary conv    fashion_mnist (gzipped IDX files), network conv_small, dynamic
@@ -31,14 +31,14 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from launch import common
-from rec_vae_tf import builders
+from rec_vae_tf.models import builders
 from rec_vae_tf import config as config_lib
 from rec_vae_tf import datasets
 from rec_vae_tf import errors
-from rec_vae_tf import experiment
-from rec_vae_tf import export as export_lib
-from rec_vae_tf import likelihood
-from rec_vae_tf import trainer as trainer_lib
+from rec_vae_tf.experiments import experiment
+from rec_vae_tf.serving import export as export_lib
+from rec_vae_tf.evaluation import likelihood
+from rec_vae_tf.training import trainer as trainer_lib
 
 M, D, B, K = 2, 3, 4, 4
 SIDE = 28

@@ -1,6 +1,6 @@
 """tf.distribute: strategies, TF_CONFIG, sharded input, mirrored == default, multi-worker faults.
 
-In this process: TF_CONFIG checking (rec_vae_tf.cluster), the Config field,
+In this process: TF_CONFIG checking (rec_vae_tf.training.cluster), the Config field,
 and `data.make_train_dataset(slices=...)`. TensorFlow fixes its devices and
 MultiWorkerMirroredStrategy once per process, so the rest runs in
 subprocesses, bounded in time and bound to 127.0.0.1 only:
@@ -26,7 +26,7 @@ import time
 import numpy as np
 import pytest
 
-from rec_vae_tf import cluster
+from rec_vae_tf.training import cluster
 from rec_vae_tf import config as config_lib
 from rec_vae_tf import errors
 
@@ -145,12 +145,12 @@ MIRRORED_TIMEOUT = 240
 
 def _mirrored_vs_default(out_path):
   """Subprocess body: default and mirrored (2 logical CPUs) runs of tiny configs, compared."""
-  from rec_vae_tf import distribute  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.training import distribute  # pylint: disable=g-import-not-at-top
   distribute.split_cpu(2)  # before TensorFlow initialises its devices
   from rec_vae_tf import data as data_lib  # pylint: disable=g-import-not-at-top
-  from rec_vae_tf import likelihood  # pylint: disable=g-import-not-at-top
-  from rec_vae_tf import networks  # pylint: disable=g-import-not-at-top
-  from rec_vae_tf import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.evaluation import likelihood  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.models import networks  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
 
   pixels = 12
@@ -284,7 +284,7 @@ def worker_data(tmp_path_factory):
 def reference_params(worker_data, tmp_path_factory):
   """The last checkpoint's values of the same config under `default`, run in this process."""
   from rec_vae_tf import data as data_lib  # pylint: disable=g-import-not-at-top
-  from rec_vae_tf import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   cfg = config_lib.Config(method='rme', num_components=2, epochs=EPOCHS, epochs_per_component=2,
                           batch_size=8, latent_dim=3, num_importance_samples=5, xla=False,
                           data_dir=worker_data).validate()
@@ -459,8 +459,8 @@ def test_sigterm_to_one_worker_stops_both_at_one_step(worker_data, reference_par
 def test_two_workers_evaluate_like_one_device(worker_data, tmp_path):
   """launch/evaluate.py on two workers shards the test batches; the chief writes the result."""
   from rec_vae_tf import data as data_lib  # pylint: disable=g-import-not-at-top
-  from rec_vae_tf import likelihood  # pylint: disable=g-import-not-at-top
-  from rec_vae_tf import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.evaluation import likelihood  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   cfg = config_lib.Config(method='rme', num_components=2, epochs=2, epochs_per_component=1,
                           batch_size=8, latent_dim=3, num_importance_samples=5, xla=False,
                           eval_batch_size=5, data_dir=worker_data).validate()

@@ -22,10 +22,10 @@ import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from rec_vae_tf import export as export_lib
-from rec_vae_tf import likelihood
-from rec_vae_tf import networks
-from rec_vae_tf import trainer as trainer_lib
+from rec_vae_tf.serving import export as export_lib
+from rec_vae_tf.evaluation import likelihood
+from rec_vae_tf.models import networks
+from rec_vae_tf.training import trainer as trainer_lib
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CWD = os.getcwd() if os.path.isfile(os.path.join('launch', 'export.py')) else _ROOT
@@ -309,7 +309,7 @@ def test_export_killed_midway_leaves_no_version(tmp_path):
   model_dir = tmp_path / 'rme'
   script = f"""
 import os, signal
-from rec_vae_tf import export as export_lib, networks
+from rec_vae_tf.serving import export as export_lib, networks
 def killed(path, requests):
   open(path, 'wb').write(b'half')
   os.kill(os.getpid(), signal.SIGKILL)

@@ -23,8 +23,8 @@ from tensorflow.python.framework import config as tf_config
 from rec_vae_tf import config as config_lib
 from rec_vae_tf import data as data_lib
 from rec_vae_tf import errors
-from rec_vae_tf import networks
-from rec_vae_tf import trainer as trainer_lib
+from rec_vae_tf.models import networks
+from rec_vae_tf.training import trainer as trainer_lib
 
 P = 12  # pixels
 N_TRAIN, BATCH = 24, 4  # 6 steps per epoch

@@ -5,11 +5,11 @@ import tensorflow as tf
 
 from rec_vae_tf import config as config_lib
 from rec_vae_tf import data as data_lib
-from rec_vae_tf import flows
-from rec_vae_tf import likelihood
-from rec_vae_tf import networks
-from rec_vae_tf import objective
-from rec_vae_tf import trainer as trainer_lib
+from rec_vae_tf.models import flows
+from rec_vae_tf.evaluation import likelihood
+from rec_vae_tf.models import networks
+from rec_vae_tf.methods import objective
+from rec_vae_tf.training import trainer as trainer_lib
 from tests.conftest import B, D, S
 
 H = 6  # context features

@@ -8,8 +8,8 @@ import pytest
 from rec_vae_tf import config as config_lib
 from rec_vae_tf import data as data_lib
 from rec_vae_tf import errors
-from rec_vae_tf import grid
-from rec_vae_tf import networks
+from rec_vae_tf.experiments import grid
+from rec_vae_tf.models import networks
 
 P = 16
 

@@ -436,7 +436,7 @@ def test_launcher_refuses_in_one_line(name, root, env):
 
 
 # --strategy=multi_worker with a missing or malformed TF_CONFIG (TF_CONFIG value, fragment):
-# refused before TensorFlow loads (rec_vae_tf/cluster.py; more cases in tests/test_distribute.py).
+# refused before TensorFlow loads (rec_vae_tf/training/cluster.py; more cases in tests/test_distribute.py).
 _TWO_WORKERS = {'worker': ['127.0.0.1:2222', '127.0.0.1:2223']}
 
 

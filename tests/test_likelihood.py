@@ -5,10 +5,10 @@ import numpy as np
 import tensorflow as tf
 
 from rec_vae_tf import config as config_lib
-from rec_vae_tf import likelihood
-from rec_vae_tf import networks
-from rec_vae_tf import objective
-from rec_vae_tf import trainer as trainer_lib
+from rec_vae_tf.evaluation import likelihood
+from rec_vae_tf.models import networks
+from rec_vae_tf.methods import objective
+from rec_vae_tf.training import trainer as trainer_lib
 from tests.conftest import D, M
 
 P = 6

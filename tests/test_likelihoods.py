@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rec_vae_tf import likelihoods
-from rec_vae_tf import networks
+from rec_vae_tf.models import likelihoods
+from rec_vae_tf.models import networks
 from tests.conftest import B, S
 
 VALUES = np.arange(256, dtype=np.float32)

@@ -6,8 +6,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from rec_vae_tf import networks
-from rec_vae_tf import posterior
+from rec_vae_tf.models import networks
+from rec_vae_tf.models import posterior
 from tests.conftest import B, D, M
 
 P = 7

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rec_vae_tf import objective
-from rec_vae_tf import posterior
+from rec_vae_tf.methods import objective
+from rec_vae_tf.models import posterior
 from tests.conftest import B, D, M, S
 
 P = 7  # pixels of the toy likelihood

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from rec_vae_tf import posterior
+from rec_vae_tf.models import posterior
 from tests.conftest import B, D, M, S
 
 tfd = tfp.distributions

@@ -27,8 +27,8 @@ from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from launch import query
-from rec_vae_tf import export as export_lib
-from rec_vae_tf import networks
+from rec_vae_tf.serving import export as export_lib
+from rec_vae_tf.models import networks
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CWD = os.getcwd() if os.path.isfile(os.path.join('launch', 'query.py')) else _ROOT

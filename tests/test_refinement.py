@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rec_vae_tf import networks
-from rec_vae_tf import refinement
+from rec_vae_tf.models import networks
+from rec_vae_tf.methods import refinement
 from tests.conftest import B, D, S
 
 P = 7

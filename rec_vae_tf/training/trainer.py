@@ -27,7 +27,7 @@ The data order and binarization noise are functions of (seed, epoch), so the
 data position is recovered from the step count.
 
 Distribution (README, "Distributed training"): under a tf.distribute strategy
-(`Config.strategy`, rec_vae_tf/distribute.py) the networks, optimizer and
+(`Config.strategy`, rec_vae_tf/training/distribute.py) the networks, optimizer and
 variables live in the strategy's scope; each replica runs the (optionally
 XLA-compiled) gradient computation on its B / R rows of the global batch with
 its rows of the step's noise, losses as sums over its rows divided by the
@@ -63,17 +63,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rec_vae_tf import builders
+from rec_vae_tf.models import builders
 from rec_vae_tf import config as config_lib
 from rec_vae_tf import data as data_lib
-from rec_vae_tf import distribute
+from rec_vae_tf.training import distribute
 from rec_vae_tf import errors
-from rec_vae_tf import flows
-from rec_vae_tf import likelihood
-from rec_vae_tf import networks
-from rec_vae_tf import objective
-from rec_vae_tf import posterior
-from rec_vae_tf import refinement
+from rec_vae_tf.models import flows
+from rec_vae_tf.evaluation import likelihood
+from rec_vae_tf.models import networks
+from rec_vae_tf.methods import objective
+from rec_vae_tf.models import posterior
+from rec_vae_tf.methods import refinement
 
 CHECKPOINT_DIR = 'checkpoints'
 BEST_DIR = 'best'
@@ -175,7 +175,7 @@ class Trainer:
 
   def _build(self, cfg, workdir, make_networks, num_pixels):
     """Creates the networks, optimizer, variables, checkpoints and the compiled step."""
-    # None: the networks and image size cfg.network and cfg.dataset select (rec_vae_tf.builders).
+    # None: the networks and image size cfg.network and cfg.dataset select (rec_vae_tf.models.builders).
     make_networks = make_networks or builders.make_networks_fn(cfg)
     num_pixels = num_pixels or builders.num_pixels(cfg)
     # mixed_precision and encoder_hidden_units are passed only when set, so

@@ -34,7 +34,7 @@ from typing import Callable, NamedTuple, Optional
 
 import tensorflow as tf
 
-from rec_vae_tf import objective
+from rec_vae_tf.methods import objective
 
 
 class RefinedPosterior(NamedTuple):

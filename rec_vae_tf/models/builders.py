@@ -23,9 +23,9 @@ dense networks on colour data).
 from typing import Callable, Optional
 
 from rec_vae_tf import config as config_lib
-from rec_vae_tf import conv_networks
+from rec_vae_tf.models import conv_networks
 from rec_vae_tf import datasets
-from rec_vae_tf import networks
+from rec_vae_tf.models import networks
 
 
 def spec(cfg: config_lib.Config) -> datasets.DatasetSpec:

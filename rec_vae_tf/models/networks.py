@@ -6,7 +6,7 @@ encoders are stored as stacked weights `[M, in, out]` and evaluated together
 with one batched matmul (einsum) per layer: the same math as M separate
 networks, each with its own independently initialised parameters.
 
-Networks return tensors; `rec_vae_tf.posterior` turns them into distributions.
+Networks return tensors; `rec_vae_tf.models.posterior` turns them into distributions.
 
 Shapes: B batch, M components, D latent size, H hidden units, P pixels.
 """
@@ -88,7 +88,7 @@ class EncoderOutput(NamedTuple):
   scale: tf.Tensor      # [B, M, D]
   eps_logit: tf.Tensor  # [B, M]; eps_m = sigmoid(eps_logit[:, m]); column 0 unused (eps_1 = 1)
   # [B, M, H] float32: each component's last hidden layer (the context of the
-  # flow posteriors, rec_vae_tf.flows); None for encoders without one.
+  # flow posteriors, rec_vae_tf.models.flows); None for encoders without one.
   features: tf.Tensor = None
 
 

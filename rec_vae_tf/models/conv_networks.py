@@ -1,9 +1,9 @@
 """Convolutional encoders and decoders for images (RME.md, "Data and models").
 
-Same contract as the dense `rec_vae_tf.networks`: the encoder returns
+Same contract as the dense `rec_vae_tf.models.networks`: the encoder returns
 `networks.EncoderOutput` for M Gaussian components q_m(z|x) and the mixing
 logits, the decoder maps z [..., D] to likelihood parameters and evaluates
-log p(x|z) (`rec_vae_tf.likelihoods`).
+log p(x|z) (`rec_vae_tf.models.likelihoods`).
 
 M encoders in one computation. RME gives every component its own encoder
 phi_m. Each conv layer of the M encoders is ONE convolution:
@@ -60,8 +60,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from rec_vae_tf import likelihoods
-from rec_vae_tf import networks
+from rec_vae_tf.models import likelihoods
+from rec_vae_tf.models import networks
 
 CONV_SIZES = ('conv_small', 'conv_large')
 _BASE_CHANNELS = {'conv_small': 32, 'conv_large': 64}

@@ -13,7 +13,7 @@ Also: the stratified ELBO of Q, per-component ELBOs, the mixture weights'
 average and entropy, and the encoder's time per batch (one feed-forward pass:
 the method's speed claim).
 
-Under a tf.distribute strategy (`strategy=`, rec_vae_tf/distribute.py) every
+Under a tf.distribute strategy (`strategy=`, rec_vae_tf/training/distribute.py) every
 batch is sharded across the replicas: each replica takes a block of the
 batch's rows (padded to equal blocks, padding masked out), and returns float64
 sums over its real rows and their count; the strategy sums those across
@@ -40,10 +40,10 @@ from typing import Dict, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from rec_vae_tf import distribute
-from rec_vae_tf import likelihoods
-from rec_vae_tf import objective
-from rec_vae_tf import posterior
+from rec_vae_tf.training import distribute
+from rec_vae_tf.models import likelihoods
+from rec_vae_tf.methods import objective
+from rec_vae_tf.models import posterior
 
 
 class Posterior(NamedTuple):
@@ -198,7 +198,7 @@ class Evaluator:
     self.strategy = strategy
     self._sharded_elbo = tf.function(self._sharded_elbo_sums)
     self._sharded_ll = {}  # (num_samples, chunk) -> tf.function
-    # flow: None, or the flow posterior of iaf / hf (rec_vae_tf.flows) that
+    # flow: None, or the flow posterior of iaf / hf (rec_vae_tf.models.flows) that
     # every proposal sample is pushed through (the encoder has one component).
     self.flow = flow
     # refine: None, or the per-example refinement (x, loc, scale) -> (loc, scale)

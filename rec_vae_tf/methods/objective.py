@@ -24,7 +24,7 @@ from typing import Callable, NamedTuple
 
 import tensorflow as tf
 
-from rec_vae_tf import posterior
+from rec_vae_tf.models import posterior
 
 
 class RMETerms(NamedTuple):
@@ -149,7 +149,7 @@ def flow_terms(
 ) -> RMETerms:
   """ELBO of a flow posterior (iaf, hf; one component) from one batched decoder pass.
 
-  z_0 = loc + scale * noise, z_T, log q_T(z_T|x) = flow(z_0; h) (rec_vae_tf.flows),
+  z_0 = loc + scale * noise, z_T, log q_T(z_T|x) = flow(z_0; h) (rec_vae_tf.models.flows),
   ELBO = E[log p(x|z_T) + log p(z_T) - log q_T(z_T|x)].
 
   Args:

@@ -168,7 +168,7 @@ def matched_encoder_width(cfg: config_lib.Config, num_pixels: int = data_lib.NUM
 def variant_config(base: config_lib.Config, variant: str, num_components: int,
                    seed: int) -> config_lib.Config:
   """The config of `variant` at M components (mixture variants) and `seed`."""
-  from rec_vae_tf import experiment  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.experiments import experiment  # pylint: disable=g-import-not-at-top
   if variant not in VARIANTS:
     raise errors.ConfigError(f'invalid variant {variant!r}; allowed: {", ".join(VARIANTS)}')
   cfg = base.replace(num_components=num_components, seed=seed)
@@ -301,8 +301,8 @@ def run_cell(cell: Cell, workdir: str, *, num_importance_samples: int, examples:
              load_data: Optional[Callable], make_networks: Optional[Callable],
              log: Callable[[str], None], eval_seed: int = 0) -> Dict:
   """Trains (or resumes) the cell's model and evaluates it on its split; returns its row."""
-  from rec_vae_tf import likelihood  # pylint: disable=g-import-not-at-top
-  from rec_vae_tf import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.evaluation import likelihood  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   cfg = cell.config
   run_dir = os.path.join(workdir, 'runs', run_name(cfg))
   result = trainer_lib.train(cfg, run_dir, load_data=load_data, make_networks=make_networks,
@@ -354,9 +354,9 @@ def run_grid(cells: Sequence[Cell], workdir: str, *, num_importance_samples: int
   """Runs every unfinished cell (finished ones are read back); returns all rows.
 
   load_data, make_networks: injectable for tests; None: what each cell's config
-  selects (`rec_vae_tf.builders`, through `trainer.train`).
+  selects (`rec_vae_tf.models.builders`, through `trainer.train`).
   """
-  from rec_vae_tf import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   trainer_lib.check_workdir(workdir)
   os.makedirs(os.path.join(workdir, 'cells'), exist_ok=True)
   rows, start = [], time.perf_counter()
@@ -526,7 +526,7 @@ def write_reports(rows: Sequence[Dict], workdir: str) -> Dict[str, str]:
   The method grid writes cells.json / cells.csv, the ablation grid
   ablation_cells.json / .csv, so both can share one workdir (and its trainings).
   """
-  from rec_vae_tf import plots  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.experiments import plots  # pylint: disable=g-import-not-at-top
   ablation_only = all(r['split'] == 'valid' for r in rows)
   write_rows(rows, workdir, 'ablation_cells' if ablation_only else 'cells')
   out = {}
@@ -557,13 +557,13 @@ def save_pictures(rows: Sequence[Dict], workdir: str, *, num_components: int,
 
   One pair per (dataset, network), named like the plots of `write_reports`
   (samples_svhn_conv_small.png, ...). make_networks, load_data: None selects
-  what each run's config names (`rec_vae_tf.builders`).
+  what each run's config names (`rec_vae_tf.models.builders`).
   """
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from rec_vae_tf import builders  # pylint: disable=g-import-not-at-top
-  from rec_vae_tf import experiment  # pylint: disable=g-import-not-at-top
-  from rec_vae_tf import plots  # pylint: disable=g-import-not-at-top
-  from rec_vae_tf import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.models import builders  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.experiments import experiment  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.experiments import plots  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   tests = [r for r in rows if r['split'] == 'test']
   for (dataset, network), group in _by_axes(tests).items():
     picked = {}

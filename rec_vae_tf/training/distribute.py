@@ -9,7 +9,7 @@
                 logical CPU devices (one replica unless the CPU was split with
                 `split_cpu` before TensorFlow initialised, as the tests do).
   multi_worker  `tf.distribute.MultiWorkerMirroredStrategy` over the cluster
-                in TF_CONFIG (`rec_vae_tf.cluster`): every worker runs the
+                in TF_CONFIG (`rec_vae_tf.training.cluster`): every worker runs the
                 same command; collectives over gRPC (ring all-reduce on CPUs,
                 NCCL on GPUs, chosen by TensorFlow).
   tpu           `tf.distribute.TPUStrategy` on the TPU `TPUClusterResolver`
@@ -42,7 +42,7 @@ from typing import Optional
 
 import tensorflow as tf
 
-from rec_vae_tf import cluster
+from rec_vae_tf.training import cluster
 from rec_vae_tf import errors
 
 _STRATEGIES = {}  # name -> strategy: MultiWorkerMirroredStrategy may be created once per process

@@ -61,7 +61,7 @@ from typing import Union
 
 import tensorflow as tf
 
-from rec_vae_tf import networks
+from rec_vae_tf.models import networks
 
 NUM_BINS = 256
 # log_scale bounds in [-1, 1] pixel units: exp(-7) ~ 1e-3 (a quarter of a bin's

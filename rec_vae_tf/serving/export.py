@@ -63,9 +63,9 @@ from tensorflow_serving.apis import predict_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from rec_vae_tf import likelihood
-from rec_vae_tf import networks
-from rec_vae_tf import posterior
+from rec_vae_tf.evaluation import likelihood
+from rec_vae_tf.models import networks
+from rec_vae_tf.models import posterior
 
 DEFAULT_NUM_IMPORTANCE_SAMPLES = 1000
 DEFAULT_CHUNK = 100

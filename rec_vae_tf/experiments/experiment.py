@@ -22,15 +22,15 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from rec_vae_tf import builders
+from rec_vae_tf.models import builders
 from rec_vae_tf import config as config_lib
 from rec_vae_tf import data as data_lib
-from rec_vae_tf import export as export_lib
-from rec_vae_tf import likelihood
-from rec_vae_tf import likelihoods
-from rec_vae_tf import plots
-from rec_vae_tf import posterior
-from rec_vae_tf import trainer as trainer_lib
+from rec_vae_tf.serving import export as export_lib
+from rec_vae_tf.evaluation import likelihood
+from rec_vae_tf.models import likelihoods
+from rec_vae_tf.experiments import plots
+from rec_vae_tf.models import posterior
+from rec_vae_tf.training import trainer as trainer_lib
 
 RESULTS_FILE = 'results.json'
 
@@ -152,7 +152,7 @@ def run_comparison(base: config_lib.Config, workdir: str, *,
     eval_seed: seed of the test binarization and importance samples.
     export: export the RME SavedModel.
     load_data, make_networks: injectable for tests; None: what base.dataset and
-      base.network select (`rec_vae_tf.builders`).
+      base.network select (`rec_vae_tf.models.builders`).
     log: progress lines.
   """
   cfgs = [method_config(base, m) for m in methods]  # validate everything first

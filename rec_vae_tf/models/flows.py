@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from rec_vae_tf import networks
+from rec_vae_tf.models import networks
 
 tfb = tfp.bijectors
 

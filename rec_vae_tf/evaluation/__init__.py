@@ -1,0 +1,1 @@
+"""Importance-sampled log-likelihood, ELBO and inference timing."""

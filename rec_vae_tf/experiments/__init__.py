@@ -1,0 +1,1 @@
+"""The main job, the reproduction grid, and their plots."""

@@ -1,0 +1,1 @@
+"""Networks and densities: dense and conv encoders/decoders, pixel likelihoods, flow bijectors, the mixture posterior."""
