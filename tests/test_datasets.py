@@ -1,4 +1,4 @@
-"""Tests for rec_vae_tf.datasets: the paper's other datasets, read offline.
+"""Tests for rec_vae_tf.data.sources and .catalog: the other datasets, offline.
 
 Every fixture is written at test time into tmp_path in the dataset's real
 published format (.amat text, gzipped IDX, MATLAB v5 .mat via scipy.io.savemat)
@@ -19,8 +19,9 @@ import scipy.io
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from rec_vae_tf import datasets
 from rec_vae_tf import errors
+from rec_vae_tf.data import catalog
+from rec_vae_tf.data import sources
 
 SIDE = 28
 D = SIDE * SIDE
@@ -71,29 +72,29 @@ def _check_splits(splits, sizes, num_pixels):
 
 
 def test_specs_and_registry_agree():
-  assert set(datasets.SPECS) == set(datasets.DATASETS)
-  for name, spec in datasets.SPECS.items():
+  assert set(catalog.SPECS) == set(sources.LOADERS)
+  for name, spec in catalog.SPECS.items():
     assert spec.name == name
     assert spec.num_pixels == int(np.prod(spec.image_shape))
     binary = spec.likelihood == "bernoulli"
-    assert bool(spec.binarizations) == binary, name
+    assert ("none" in spec.binarizations) == (not binary), name
     assert "/my/dir" in spec.how_to_prepare("/my/dir"), name
     for field in (spec.validation, spec.preprocessing, spec.source,
                   spec.licence, spec.prepare):
       assert "\n" not in field and field, name
-  assert datasets.SPECS["binarized_mnist"].binarizations == ("fixed",)
-  assert datasets.SPECS["celeba"].image_shape == (64, 64, 3)
-  assert datasets.SPECS["omniglot"].split_sizes == (23000, 1345, 8070)
+  assert catalog.SPECS["binarized_mnist"].binarizations == ("fixed",)
+  assert catalog.SPECS["celeba"].image_shape == (64, 64, 3)
+  assert catalog.SPECS["omniglot"].split_sizes == (23000, 1345, 8070)
 
 
 def test_unknown_dataset_and_bad_arguments(tmp_path):
   with pytest.raises(errors.ConfigError) as excinfo:
-    datasets.load_dataset("cifar10", tmp_path)
+    sources.load_dataset("cifar10", tmp_path)
   _assert_one_line_error(excinfo, "cifar10", "omniglot")
   with pytest.raises(errors.ConfigError, match="train_examples=0"):
-    datasets.load_dataset("omniglot", tmp_path, train_examples=0)
+    sources.load_dataset("omniglot", tmp_path, train_examples=0)
   with pytest.raises(errors.ConfigError, match="validation_examples"):
-    datasets.load_dataset("binarized_mnist", tmp_path, validation_examples=5)
+    sources.load_dataset("binarized_mnist", tmp_path, validation_examples=5)
 
 
 def test_import_is_cheap():
@@ -101,7 +102,7 @@ def test_import_is_cheap():
 
   (scipy is not checked: tensorflow itself imports it when it is installed.)
   """
-  code = ("import sys, rec_vae_tf.datasets; "
+  code = ("import sys, rec_vae_tf.data.sources; "
           "print([m for m in sys.modules if m.startswith('tensorflow_datasets')])")
   result = subprocess.run([sys.executable, "-c", code], capture_output=True,
                           text=True, check=True,
@@ -133,24 +134,24 @@ def _write_binarized_mnist(directory, sizes=(6, 4, 3)):
 
 def test_binarized_mnist(tmp_path):
   _write_binarized_mnist(tmp_path)
-  splits = datasets.load_dataset("binarized_mnist", tmp_path)
+  splits = sources.load_dataset("binarized_mnist", tmp_path)
   _check_splits(splits, (6, 4, 3), D)
   for images in (splits.train, splits.valid, splits.test):
     assert set(np.unique(images)) <= {0, 255}
   np.testing.assert_array_equal(_ids(splits.train), range(6))
   np.testing.assert_array_equal(_ids(splits.valid), range(6, 10))
   _assert_upright(splits.test, range(10, 13), fill=0)
-  short = datasets.load_dataset("binarized_mnist", tmp_path, train_examples=2)
+  short = sources.load_dataset("binarized_mnist", tmp_path, train_examples=2)
   np.testing.assert_array_equal(short.train, splits.train[:2])
   with pytest.raises(errors.ConfigError, match="only 6 training"):
-    datasets.load_dataset("binarized_mnist", tmp_path, train_examples=7)
+    sources.load_dataset("binarized_mnist", tmp_path, train_examples=7)
 
 
 def test_binarized_mnist_missing_file(tmp_path):
   _write_binarized_mnist(tmp_path)
   os.remove(tmp_path / "binarized_mnist_valid.amat")
   with pytest.raises(errors.DataError) as excinfo:
-    datasets.load_dataset("binarized_mnist", tmp_path)
+    sources.load_dataset("binarized_mnist", tmp_path)
   _assert_one_line_error(excinfo, "binarized_mnist_valid.amat",
                          f"--data_dir={tmp_path}", "larocheh")
 
@@ -167,7 +168,7 @@ def test_binarized_mnist_malformed(tmp_path, corrupt, needle):
   path = tmp_path / "binarized_mnist_test.amat"
   path.write_text(corrupt(path.read_text()))
   with pytest.raises(errors.DataError) as excinfo:
-    datasets.load_dataset("binarized_mnist", tmp_path)
+    sources.load_dataset("binarized_mnist", tmp_path)
   _assert_one_line_error(excinfo, str(path), needle)
 
 
@@ -196,7 +197,7 @@ def _write_omniglot(directory, **overrides):
 
 def test_omniglot_iwae_split_and_orientation(tmp_path):
   _write_omniglot(tmp_path)
-  splits = datasets.load_dataset("omniglot", tmp_path)
+  splits = sources.load_dataset("omniglot", tmp_path)
   _check_splits(splits, (5, 1345, _OMNI_TEST), D)
   order = np.random.RandomState(123).permutation(_OMNI_TRAIN)
   np.testing.assert_array_equal(_ids(splits.train), order[:5])
@@ -206,16 +207,16 @@ def test_omniglot_iwae_split_and_orientation(tmp_path):
   _assert_upright(splits.train, order[:5])
   assert set(np.unique(splits.train)) == {0, 128, 255}
 
-  other = datasets.load_dataset("omniglot", tmp_path, validation_examples=1000)
+  other = sources.load_dataset("omniglot", tmp_path, validation_examples=1000)
   np.testing.assert_array_equal(_ids(other.valid), order[-1000:])
   with pytest.raises(errors.ConfigError, match="at least one must remain"):
-    datasets.load_dataset("omniglot", tmp_path,
-                          validation_examples=_OMNI_TRAIN)
+    sources.load_dataset("omniglot", tmp_path,
+                         validation_examples=_OMNI_TRAIN)
 
 
 def test_omniglot_missing_file(tmp_path):
   with pytest.raises(errors.DataError) as excinfo:
-    datasets.load_dataset("omniglot", tmp_path / "nowhere")
+    sources.load_dataset("omniglot", tmp_path / "nowhere")
   _assert_one_line_error(excinfo, "chardata.mat", "does not exist",
                          "github.com/yburda/iwae",
                          f"--data_dir={tmp_path / 'nowhere'}")
@@ -230,7 +231,7 @@ def test_omniglot_missing_file(tmp_path):
 def test_omniglot_malformed(tmp_path, overrides, needle):
   path = _write_omniglot(tmp_path, **overrides)
   with pytest.raises(errors.DataError) as excinfo:
-    datasets.load_dataset("omniglot", tmp_path)
+    sources.load_dataset("omniglot", tmp_path)
   _assert_one_line_error(excinfo, str(path), needle, "chardata.mat")
 
 
@@ -240,7 +241,7 @@ def test_omniglot_truncated_or_foreign_file(tmp_path, keep):
   raw = path.read_bytes()
   path.write_bytes(raw[:int(len(raw) * keep) if keep < 1 else keep])
   with pytest.raises(errors.DataError) as excinfo:
-    datasets.load_dataset("omniglot", tmp_path)
+    sources.load_dataset("omniglot", tmp_path)
   _assert_one_line_error(excinfo, str(path), "not a readable MATLAB v5")
 
 
@@ -263,15 +264,15 @@ def _write_fashion_mnist(directory, train=14, test=3):
 
 def test_fashion_mnist(tmp_path):
   images = _write_fashion_mnist(tmp_path)
-  splits = datasets.load_dataset("fashion_mnist", tmp_path,
-                                 validation_examples=4)
+  splits = sources.load_dataset("fashion_mnist", tmp_path,
+                                validation_examples=4)
   _check_splits(splits, (10, 4, 3), D)
   np.testing.assert_array_equal(splits.train, images[:10])
   np.testing.assert_array_equal(splits.valid, images[10:14])
   np.testing.assert_array_equal(splits.test, images[14:])
   # The default carves 10000 validation images: too many for the fixture.
   with pytest.raises(errors.ConfigError, match="validation_examples=10000"):
-    datasets.load_dataset("fashion_mnist", tmp_path)
+    sources.load_dataset("fashion_mnist", tmp_path)
 
 
 def test_fashion_mnist_missing_and_malformed(tmp_path):
@@ -280,19 +281,19 @@ def test_fashion_mnist_missing_and_malformed(tmp_path):
   raw = test_path.read_bytes()
   os.remove(test_path)
   with pytest.raises(errors.DataError) as excinfo:
-    datasets.load_dataset("fashion_mnist", tmp_path, validation_examples=4)
+    sources.load_dataset("fashion_mnist", tmp_path, validation_examples=4)
   _assert_one_line_error(excinfo, "t10k-images-idx3-ubyte.gz",
                          "fashion-mnist", f"--data_dir={tmp_path}")
 
   test_path.write_bytes(raw[:len(raw) // 2])  # A truncated gzip stream.
   with pytest.raises(errors.DataError) as excinfo:
-    datasets.load_dataset("fashion_mnist", tmp_path, validation_examples=4)
+    sources.load_dataset("fashion_mnist", tmp_path, validation_examples=4)
   _assert_one_line_error(excinfo, str(test_path), "fashion-mnist")
   assert "run.sh" not in str(excinfo.value)  # Not MNIST's remedy.
 
   _write_idx_gz(test_path, np.zeros((2, SIDE, SIDE - 1), np.uint8))
   with pytest.raises(errors.DataError) as excinfo:
-    datasets.load_dataset("fashion_mnist", tmp_path, validation_examples=4)
+    sources.load_dataset("fashion_mnist", tmp_path, validation_examples=4)
   _assert_one_line_error(excinfo, "[2, 28, 27]", "fashion-mnist")
 
 
@@ -321,7 +322,7 @@ def _write_caltech(directory, **overrides):
 
 def test_caltech101_silhouettes(tmp_path):
   _write_caltech(tmp_path)
-  splits = datasets.load_dataset("caltech101_silhouettes", tmp_path)
+  splits = sources.load_dataset("caltech101_silhouettes", tmp_path)
   _check_splits(splits, (5, 3, 4), D)
   for images in (splits.train, splits.valid, splits.test):
     assert set(np.unique(images)) == {0, 255}
@@ -339,13 +340,13 @@ def test_caltech101_silhouettes(tmp_path):
 def test_caltech101_silhouettes_malformed(tmp_path, overrides, needle):
   path = _write_caltech(tmp_path, **overrides)
   with pytest.raises(errors.DataError) as excinfo:
-    datasets.load_dataset("caltech101_silhouettes", tmp_path)
+    sources.load_dataset("caltech101_silhouettes", tmp_path)
   _assert_one_line_error(excinfo, str(path), needle, "marlin")
 
 
 def test_caltech101_silhouettes_missing(tmp_path):
   with pytest.raises(errors.DataError) as excinfo:
-    datasets.load_dataset("caltech101_silhouettes", tmp_path)
+    sources.load_dataset("caltech101_silhouettes", tmp_path)
   _assert_one_line_error(excinfo, "caltech101_silhouettes_28_split1.mat",
                          "not found", "people.cs.umass.edu/~marlin",
                          f"--data_dir={tmp_path}")
@@ -356,7 +357,7 @@ def test_caltech101_silhouettes_missing(tmp_path):
 
 def test_svhn_with_mock_tfds(tmp_path):
   with tfds.testing.mock_data(num_examples=12):
-    splits = datasets.load_dataset("svhn", tmp_path, validation_examples=4)
+    splits = sources.load_dataset("svhn", tmp_path, validation_examples=4)
     raw = np.stack([example["image"] for example in tfds.as_numpy(
         tfds.load("svhn_cropped:3.1.0", split="train", data_dir=tmp_path,
                   download=False, shuffle_files=False))])  # [12, 32, 32, 3]
@@ -385,7 +386,7 @@ def _celeba_as_dataset(self, split, **kwargs):
 
 def test_celeba_crop_resize_and_partition(tmp_path):
   with tfds.testing.mock_data(as_dataset_fn=_celeba_as_dataset):
-    splits = datasets.load_dataset("celeba", tmp_path)
+    splits = sources.load_dataset("celeba", tmp_path)
   _check_splits(splits, (5, 3, 4), 64 * 64 * 3)
   for value, images in enumerate((splits.train, splits.valid, splits.test), 1):
     images = images.reshape(-1, 64, 64, 3)
@@ -401,7 +402,7 @@ def test_celeba_crop_resize_and_partition(tmp_path):
     ("svhn", "svhn_cropped:3.1.0"), ("celeba", "celeb_a:2.1.0")])
 def test_tfds_datasets_not_prepared(tmp_path, name, tfds_name):
   with pytest.raises(errors.DataError) as excinfo:
-    datasets.load_dataset(name, tmp_path)
+    sources.load_dataset(name, tmp_path)
   _assert_one_line_error(excinfo, tfds_name, f"tfds build {tfds_name}",
                          f"--data_dir={tmp_path}")
 
@@ -414,7 +415,7 @@ def test_celeba_wrong_image_shape(tmp_path):
 
   with tfds.testing.mock_data(as_dataset_fn=wrong_shape):
     with pytest.raises(errors.DataError) as excinfo:
-      datasets.load_dataset("celeba", tmp_path)
+      sources.load_dataset("celeba", tmp_path)
   _assert_one_line_error(excinfo, "celeb_a:2.1.0", "malformed")
 
 
@@ -423,8 +424,8 @@ def test_celeba_wrong_image_shape(tmp_path):
 
 def test_mnist_through_the_registry(tmp_path):
   images = _write_fashion_mnist(tmp_path, train=12, test=5)  # Same format.
-  splits = datasets.load_dataset("mnist", tmp_path, train_examples=3,
-                                 validation_examples=2)
+  splits = sources.load_dataset("mnist", tmp_path, train_examples=3,
+                                validation_examples=2)
   _check_splits(splits, (3, 2, 5), D)
   np.testing.assert_array_equal(splits.train, images[:3])
   np.testing.assert_array_equal(splits.valid, images[10:12])

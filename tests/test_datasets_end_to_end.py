@@ -13,7 +13,7 @@ evaluated with `likelihood.evaluate` (finite nats; bits/dim = -nats / (P ln 2))
 and exported with `export.export_saved_model`, whose encode signature is then
 run from the loaded SavedModel. Also: invalid dataset / network / binarization
 combinations fail validation with one line, config.py's lists agree with
-datasets.SPECS, a missing data directory names the files to put there, and the
+catalog.SPECS, a missing data directory names the files to put there, and the
 launchers train (--dataset, --network), evaluate and export a conv model as
 subprocesses. Sizes: M = 2, D = 3, batch 4, K = 4 importance samples.
 """
@@ -33,7 +33,8 @@ import tensorflow_datasets as tfds
 from launch import common
 from rec_vae_tf.models import builders
 from rec_vae_tf import config as config_lib
-from rec_vae_tf import datasets
+from rec_vae_tf.data import catalog
+from rec_vae_tf.data import sources
 from rec_vae_tf import errors
 from rec_vae_tf.experiments import experiment
 from rec_vae_tf.serving import export as export_lib
@@ -100,7 +101,7 @@ def test_one_epoch_trains_evaluates_and_exports(kind, tmp_path):
   else:
     result = trainer_lib.train(cfg, str(tmp_path / 'run'), load_data=load_data, log=lines.append)
   tr = result.trainer
-  spec = datasets.SPECS[dataset]
+  spec = catalog.SPECS[dataset]
   num_pixels = spec.num_pixels
   assert result.steps == len(result.splits.train) // B and len(result.history) == 1
   assert np.isfinite(result.history[0]['valid_mixture_elbo'])
@@ -148,9 +149,11 @@ def test_one_epoch_trains_evaluates_and_exports(kind, tmp_path):
 
 
 def test_config_lists_agree_with_the_dataset_specs():
-  assert config_lib.DATASETS == tuple(datasets.SPECS)
-  for name, spec in datasets.SPECS.items():
-    assert config_lib.DATASET_BINARIZATIONS[name] == (spec.binarizations or ('none',)), name
+  # config's names are the catalog's, and every dataset of the catalog has a loader.
+  assert config_lib.DATASETS == tuple(catalog.SPECS) == tuple(sources.LOADERS)
+  for name, spec in catalog.SPECS.items():
+    assert config_lib.DATASET_BINARIZATIONS[name] == spec.binarizations, name
+    assert ('none' in spec.binarizations) == (spec.likelihood != 'bernoulli'), name
     assert (name in config_lib.COLOUR_DATASETS) == (spec.likelihood != 'bernoulli'), name
     # The default binarization of every dataset makes a valid config with a conv network.
     config_lib.Config(dataset=name, network='conv_small',
@@ -183,7 +186,7 @@ def test_networks_follow_the_config():
     enc, dec = builders.make_networks_fn(cfg)(M, cfg.hidden_units, D, 'amortized', 0,
                                               num_pixels=builders.num_pixels(cfg))
     assert type(enc).__name__ == encoder
-    assert dec.num_pixels == datasets.SPECS[dataset].num_pixels
+    assert dec.num_pixels == catalog.SPECS[dataset].num_pixels
   assert builders.is_colour(_cfg('celeba', 'conv_small', 'none'))
   assert not builders.is_colour(_cfg('fashion_mnist', 'small', 'static'))
 

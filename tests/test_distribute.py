@@ -1,7 +1,7 @@
 """tf.distribute: strategies, TF_CONFIG, sharded input, mirrored == default, multi-worker faults.
 
 In this process: TF_CONFIG checking (rec_vae_tf.training.cluster), the Config field,
-and `data.make_train_dataset(slices=...)`. TensorFlow fixes its devices and
+and `pipeline.make_train_dataset(slices=...)`. TensorFlow fixes its devices and
 MultiWorkerMirroredStrategy once per process, so the rest runs in
 subprocesses, bounded in time and bound to 127.0.0.1 only:
 
@@ -123,7 +123,7 @@ def test_strategy_is_a_validated_config_field():
 @pytest.mark.parametrize('binarization', ['dynamic', 'static'])
 def test_replica_slices_cut_the_same_batches(binarization):
   """Blocks of all pipelines, in order, are the unsliced batches: same rows, same noise."""
-  from rec_vae_tf import data as data_lib  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.data import pipeline as data_lib  # pylint: disable=g-import-not-at-top
   images = (np.random.default_rng(0).random([30, 7]) * 255).astype(np.uint8)
   kwargs = dict(batch_size=6, seed=3, epoch=2, binarization=binarization, skip_batches=1)
   whole = [b.numpy() for b in data_lib.make_train_dataset(images, **kwargs)]  # 4 batches
@@ -147,7 +147,8 @@ def _mirrored_vs_default(out_path):
   """Subprocess body: default and mirrored (2 logical CPUs) runs of tiny configs, compared."""
   from rec_vae_tf.training import distribute  # pylint: disable=g-import-not-at-top
   distribute.split_cpu(2)  # before TensorFlow initialises its devices
-  from rec_vae_tf import data as data_lib  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.data import pipeline as data_lib  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.data import sources as data_sources  # pylint: disable=g-import-not-at-top
   from rec_vae_tf.evaluation import likelihood  # pylint: disable=g-import-not-at-top
   from rec_vae_tf.models import networks  # pylint: disable=g-import-not-at-top
   from rec_vae_tf.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
@@ -158,7 +159,7 @@ def _mirrored_vs_default(out_path):
   def load_data(data_dir, train_examples=None):  # 6 steps of 4; 6 and 6 held out
     del data_dir, train_examples
     images = (np.random.default_rng(0).random([36, pixels]) * 255).astype(np.uint8)
-    return data_lib.Splits(train=images[:24], valid=images[24:30], test=images[30:])
+    return data_sources.Splits(train=images[:24], valid=images[24:30], test=images[30:])
 
   def tiny_networks(num_components, hidden_units, latent_dim, eps_mode, seed, num_pixels):
     del hidden_units
@@ -283,13 +284,13 @@ def worker_data(tmp_path_factory):
 @pytest.fixture(scope='module')
 def reference_params(worker_data, tmp_path_factory):
   """The last checkpoint's values of the same config under `default`, run in this process."""
-  from rec_vae_tf import data as data_lib  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.data import sources as data_sources  # pylint: disable=g-import-not-at-top
   from rec_vae_tf.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   cfg = config_lib.Config(method='rme', num_components=2, epochs=EPOCHS, epochs_per_component=2,
                           batch_size=8, latent_dim=3, num_importance_samples=5, xla=False,
                           data_dir=worker_data).validate()
   workdir = str(tmp_path_factory.mktemp('reference') / 'run')
-  trainer_lib.train(cfg, workdir, load_data=data_lib.load_mnist, log=lambda line: None)
+  trainer_lib.train(cfg, workdir, load_data=data_sources.load_mnist, log=lambda line: None)
   return _checkpoint_values(workdir)
 
 
@@ -458,14 +459,15 @@ def test_sigterm_to_one_worker_stops_both_at_one_step(worker_data, reference_par
 
 def test_two_workers_evaluate_like_one_device(worker_data, tmp_path):
   """launch/evaluate.py on two workers shards the test batches; the chief writes the result."""
-  from rec_vae_tf import data as data_lib  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.data import pipeline as data_lib  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.data import sources as data_sources  # pylint: disable=g-import-not-at-top
   from rec_vae_tf.evaluation import likelihood  # pylint: disable=g-import-not-at-top
   from rec_vae_tf.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   cfg = config_lib.Config(method='rme', num_components=2, epochs=2, epochs_per_component=1,
                           batch_size=8, latent_dim=3, num_importance_samples=5, xla=False,
                           eval_batch_size=5, data_dir=worker_data).validate()
   workdir = str(tmp_path / 'run')
-  trainer_lib.train(cfg, workdir, load_data=data_lib.load_mnist, log=lambda line: None)
+  trainer_lib.train(cfg, workdir, load_data=data_sources.load_mnist, log=lambda line: None)
   # 12 test images in batches of 5, 5, 2: the last leaves one row per worker.
   workers = _Workers(workdir, worker_data, tmp_path, 'evaluate', launcher='evaluate',
                      flags=['--num_importance_samples=20', '--strategy=multi_worker'])
@@ -475,7 +477,7 @@ def test_two_workers_evaluate_like_one_device(worker_data, tmp_path):
   with open(os.path.join(workdir, written)) as f:
     sharded = json.load(f)
   _, tr, _ = trainer_lib.restore_for_evaluation(workdir, log=lambda line: None)
-  test = data_lib.make_eval_dataset(data_lib.load_mnist(worker_data).test, batch_size=5, seed=0)
+  test = data_lib.make_eval_dataset(data_sources.load_mnist(worker_data).test, batch_size=5, seed=0)
   single = likelihood.evaluate(tr.encoder, tr.decoder, test, tr.num_active.numpy(),
                                num_samples=20, chunk=cfg.eval_chunk, seed=0, xla=False)
   assert sharded['num_examples'] == single['num_examples'] == 12

@@ -21,7 +21,7 @@ import tensorflow as tf
 from tensorflow.python.framework import config as tf_config
 
 from rec_vae_tf import config as config_lib
-from rec_vae_tf import data as data_lib
+from rec_vae_tf.data import sources as data_sources
 from rec_vae_tf import errors
 from rec_vae_tf.models import networks
 from rec_vae_tf.training import trainer as trainer_lib
@@ -34,8 +34,8 @@ def _load_data(data_dir, train_examples=None):
   del data_dir, train_examples
   rng = np.random.default_rng(0)
   images = (rng.random([N_TRAIN + 12, P]) * 255).astype(np.uint8)
-  return data_lib.Splits(train=images[:N_TRAIN], valid=images[N_TRAIN:N_TRAIN + 6],
-                         test=images[N_TRAIN + 6:])
+  return data_sources.Splits(train=images[:N_TRAIN], valid=images[N_TRAIN:N_TRAIN + 6],
+                             test=images[N_TRAIN + 6:])
 
 
 def _tiny_networks(num_components, hidden_units, latent_dim, eps_mode, seed, num_pixels):

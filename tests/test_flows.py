@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from rec_vae_tf import config as config_lib
-from rec_vae_tf import data as data_lib
+from rec_vae_tf.data import sources as data_sources
 from rec_vae_tf.models import flows
 from rec_vae_tf.evaluation import likelihood
 from rec_vae_tf.models import networks
@@ -107,7 +107,7 @@ def _tiny_networks(num_components, hidden_units, latent_dim, eps_mode, seed, num
 def _load_data(data_dir, train_examples=None):
   del data_dir, train_examples
   images = (np.random.default_rng(0).random([20, P]) * 255).astype(np.uint8)
-  return data_lib.Splits(train=images[:8], valid=images[8:12], test=images[12:])
+  return data_sources.Splits(train=images[:8], valid=images[8:12], test=images[12:])
 
 
 @pytest.mark.parametrize('method', flows.FLOW_METHODS)

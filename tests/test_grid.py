@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rec_vae_tf import config as config_lib
-from rec_vae_tf import data as data_lib
+from rec_vae_tf.data import sources as data_sources
 from rec_vae_tf import errors
 from rec_vae_tf.experiments import grid
 from rec_vae_tf.models import networks
@@ -17,7 +17,7 @@ P = 16
 def _load_data(data_dir, train_examples=None):
   del data_dir, train_examples
   images = (np.random.default_rng(0).random([28, P]) * 255).astype(np.uint8)
-  return data_lib.Splits(train=images[:12], valid=images[12:20], test=images[20:])
+  return data_sources.Splits(train=images[:12], valid=images[12:20], test=images[20:])
 
 
 def _tiny_networks(num_components, hidden_units, latent_dim, eps_mode, seed, num_pixels,
@@ -145,7 +145,7 @@ def test_a_colour_conv_grid_reports_bits_per_dim_and_draws_colour_pictures(tmp_p
   def load_colour(data_dir, train_examples=None):
     del data_dir, train_examples
     images = np.random.default_rng(1).integers(0, 256, [16, 32 * 32 * 3]).astype(np.uint8)
-    return data_lib.Splits(train=images[:8], valid=images[8:12], test=images[12:])
+    return data_sources.Splits(train=images[:8], valid=images[8:12], test=images[12:])
 
   preset = grid.Preset(description='test', variants=('rme',), num_components=2,
                        component_grid=(2,), seeds=(0,), epochs=1, epochs_per_component=0.5,

@@ -20,8 +20,8 @@ found after TensorFlow has loaded, so most data cases run launch/train.py's real
 `main` in this process, through the same `common.parse_flags` and `common.run`
 as `python -m launch.train` (which defines launch/train.py's flags in the
 pytest process: no other test module may import a launcher that defines the
-same flags). Unit checks of the readers themselves (data.read_idx,
-data.load_mnist) are in tests/test_data.py.
+same flags). Unit checks of the readers themselves (sources.read_idx,
+sources.load_mnist) are in tests/test_data.py.
 """
 import gzip
 import hashlib

@@ -7,7 +7,8 @@ import pytest
 import tensorflow as tf
 
 from rec_vae_tf import config as config_lib
-from rec_vae_tf import data as data_lib
+from rec_vae_tf.data import pipeline as data_lib
+from rec_vae_tf.data import sources as data_sources
 from rec_vae_tf import errors
 from rec_vae_tf.models import networks
 from rec_vae_tf.methods import objective
@@ -22,7 +23,7 @@ def _load_data(data_dir, train_examples=None):
   rng = np.random.default_rng(0)
   images = (rng.random([N_TRAIN + 12, P]) * 255).astype(np.uint8)
   train = images[:N_TRAIN][:train_examples] if train_examples else images[:N_TRAIN]
-  return data_lib.Splits(train=train, valid=images[N_TRAIN:N_TRAIN + 6], test=images[N_TRAIN + 6:])
+  return data_sources.Splits(train=train, valid=images[N_TRAIN:N_TRAIN + 6], test=images[N_TRAIN + 6:])
 
 
 def _tiny_networks(num_components, hidden_units, latent_dim, eps_mode, seed, num_pixels):

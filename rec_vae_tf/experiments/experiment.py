@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from rec_vae_tf.models import builders
 from rec_vae_tf import config as config_lib
-from rec_vae_tf import data as data_lib
+from rec_vae_tf.data import pipeline as data_lib
 from rec_vae_tf.serving import export as export_lib
 from rec_vae_tf.evaluation import likelihood
 from rec_vae_tf.models import likelihoods

@@ -35,7 +35,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from rec_vae_tf import config as config_lib
-from rec_vae_tf import data as data_lib
+from rec_vae_tf.data import catalog as data_catalog
+from rec_vae_tf.data import pipeline as data_lib
 from rec_vae_tf import errors
 
 # variant -> the method it trains (the capacity-matched VAE is a vae with a wider encoder).
@@ -149,7 +150,7 @@ def encoder_parameters(num_pixels: int, hidden: Sequence[int], latent_dim: int,
   return num_components * per
 
 
-def matched_encoder_width(cfg: config_lib.Config, num_pixels: int = data_lib.NUM_PIXELS) -> int:
+def matched_encoder_width(cfg: config_lib.Config, num_pixels: int = data_catalog.NUM_PIXELS) -> int:
   """Hidden width of one encoder with about as many parameters as cfg's M encoders."""
   target = encoder_parameters(num_pixels, cfg.hidden_units, cfg.latent_dim, cfg.num_components,
                               cfg.eps_mode)

@@ -24,13 +24,14 @@ from typing import Callable, Optional
 
 from rec_vae_tf import config as config_lib
 from rec_vae_tf.models import conv_networks
-from rec_vae_tf import datasets
+from rec_vae_tf.data import catalog
+from rec_vae_tf.data import sources
 from rec_vae_tf.models import networks
 
 
-def spec(cfg: config_lib.Config) -> datasets.DatasetSpec:
+def spec(cfg: config_lib.Config) -> catalog.DatasetSpec:
   """The `datasets.DatasetSpec` of cfg.dataset (image shape, likelihood, files...)."""
-  return datasets.SPECS[cfg.dataset]
+  return catalog.SPECS[cfg.dataset]
 
 
 def num_pixels(cfg: config_lib.Config) -> int:
@@ -54,8 +55,8 @@ def load_data_fn(cfg: config_lib.Config, *,
       e.g. 10000 for fashion_mnist); tests pass a few for tiny fixtures.
   """
   def load_data(data_dir, train_examples=None):
-    return datasets.load_dataset(cfg.dataset, data_dir, train_examples,
-                                 validation_examples=validation_examples)
+    return sources.load_dataset(cfg.dataset, data_dir, train_examples,
+                                validation_examples=validation_examples)
   return load_data
 
 

@@ -65,7 +65,8 @@ import tensorflow as tf
 
 from rec_vae_tf.models import builders
 from rec_vae_tf import config as config_lib
-from rec_vae_tf import data as data_lib
+from rec_vae_tf.data import pipeline as data_lib
+from rec_vae_tf.data import sources as data_sources
 from rec_vae_tf.training import distribute
 from rec_vae_tf import errors
 from rec_vae_tf.models import flows
@@ -762,7 +763,7 @@ class TrainResult:
   history: List[Dict]
   train_seconds: float
   steps: int
-  splits: data_lib.Splits
+  splits: data_sources.Splits
   ran_steps: int = 0  # optimisation steps taken by this call (0: nothing left to do)
 
 
