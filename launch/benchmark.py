@@ -210,6 +210,7 @@ def main(argv):
   from rec_vae_tf.data import pipeline as data_lib  # pylint: disable=g-import-not-at-top
   from rec_vae_tf.evaluation import likelihood  # pylint: disable=g-import-not-at-top
   from rec_vae_tf.models import networks  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf import methods  # pylint: disable=g-import-not-at-top
   from rec_vae_tf.methods import refinement  # pylint: disable=g-import-not-at-top
   from rec_vae_tf.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
 
@@ -267,7 +268,10 @@ def main(argv):
   evaluators = {}
   for label, m in (('vae', 1), (f'rme_m{ref_m}', ref_m)):
     encoder, decoder = make_networks(m, None, latent, 'amortized', seed=0, num_pixels=NUM_PIXELS)
-    evaluators[label] = likelihood.Evaluator(encoder, decoder, xla=True)
+    method = methods.build(
+        config_lib.default_config('vae' if m == 1 else 'rme', num_components=m, latent_dim=latent),
+        encoder, decoder, num_pixels=NUM_PIXELS)
+    evaluators[label] = likelihood.Evaluator(method, xla=True)
     num_active[label] = tf.constant(m, tf.int32)
     ev = evaluators[label]
     run = lambda ev=ev, n=num_active[label]: _timed(lambda: _repeat(  # pylint: disable=protected-access

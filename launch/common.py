@@ -131,11 +131,12 @@ def config_from_flags(**overrides) -> config_lib.Config:
       values[field] = FLAGS[field].value
   values.update(overrides)
   method = values.get('method')
-  if values.get('num_components') is None:
-    values['num_components'] = (1 if method in config_lib.SINGLE_ENCODER_METHODS
-                                else _DEFAULT.num_components)
-  if method == 'mixture' and not FLAGS['schedule'].present and 'schedule' not in overrides:
-    values['schedule'] = 'simultaneous'
+  if method in config_lib.METHODS:  # else validation names the allowed methods
+    fixed = config_lib.method_defaults(method, _DEFAULT.num_components)
+    if values.get('num_components') is None:
+      values['num_components'] = fixed['num_components']
+    if 'schedule' in fixed and not FLAGS['schedule'].present and 'schedule' not in overrides:
+      values['schedule'] = fixed['schedule']
   if (not FLAGS['binarization'].present and 'binarization' not in overrides and
       values.get('dataset') in config_lib.DATASET_BINARIZATIONS):
     values['binarization'] = config_lib.default_binarization(values['dataset'])

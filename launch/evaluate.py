@@ -69,10 +69,9 @@ def main(argv):
   common.log(f'evaluating {path} ({int(tr.num_active.numpy())} active components) on '
              f'{len(test)} test images with K={k}')
   # savae / vae_svi: proposal, ELBO and encoder time use the refined posterior.
-  result = likelihood.evaluate(tr.encoder, tr.decoder, dataset, tr.num_active.numpy(),
+  result = likelihood.evaluate(tr.method, dataset, tr.num_active.numpy(),
                                num_samples=k, chunk=cfg.eval_chunk, seed=FLAGS.eval_seed,
-                               xla=cfg.xla, log=common.log, refine=tr.refine,
-                               flow=tr.flow,
+                               xla=cfg.xla, log=common.log,
                                strategy=dist.strategy if dist.distributed else None)
   result['checkpoint'] = path
   result['method'] = cfg.method

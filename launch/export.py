@@ -77,6 +77,7 @@ def _describe(summary) -> str:
   lines = [f'  source checkpoint {summary["checkpoint"]} ({summary["method"]}, '
            f'{summary["num_active"]} of {summary["num_components"]} components active, '
            f'{summary["num_parameters"]:,} parameters)',
+           f'  posterior served: {summary["served_posterior"]}',
            f'  log_likelihood: K={summary["num_importance_samples"]} importance samples '
            f'(chunks of {summary["importance_chunk"]}), seed {summary["seed"]}',
            '  signatures:']
@@ -96,7 +97,7 @@ def main(argv):
   from rec_vae_tf.serving import export as export_lib  # pylint: disable=g-import-not-at-top
   cfg, tr, path = trainer.restore_for_evaluation(FLAGS.workdir, which=FLAGS.checkpoint)
   module = export_lib.InferenceModule(
-      tr.encoder, tr.decoder, int(tr.num_active.numpy()), num_pixels=tr.decoder.num_pixels,
+      tr.method, int(tr.num_active.numpy()), num_pixels=tr.decoder.num_pixels,
       seed=FLAGS.export_seed, num_importance_samples=FLAGS.num_importance_samples,
       chunk=FLAGS.importance_chunk)
   model_dir = os.path.join(os.path.abspath(FLAGS.export_dir), FLAGS.model_name)

@@ -33,18 +33,15 @@ import dataclasses
 import json
 import math
 import os
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 from rec_vae_tf import errors
 from rec_vae_tf.data import catalog
+from rec_vae_tf import methods
 
-METHODS = ('rme', 'vae', 'boosted', 'mixture', 'iwae', 'savae', 'vae_svi', 'iaf', 'hf')
-SINGLE_ENCODER_METHODS = ('vae', 'iwae', 'savae', 'vae_svi', 'iaf', 'hf')
-# Methods whose posterior is the encoder's Gaussian pushed through a flow (rec_vae_tf.models.flows).
-FLOW_METHODS = ('iaf', 'hf')
-# Methods whose posterior is the encoder's output refined per example
-# (rec_vae_tf.methods.refinement), in training and at test time.
-REFINED_METHODS = ('savae', 'vae_svi')
+# The registry of methods (rec_vae_tf.methods.SPECS; loads without TensorFlow).
+METHODS = tuple(methods.SPECS)
+SINGLE_ENCODER_METHODS = tuple(m for m, spec in methods.SPECS.items() if spec.single_encoder)
 # Datasets and binarizations have one definition, rec_vae_tf.data.catalog (which
 # loads without TensorFlow); these names are kept for the modules that use them.
 DATASETS = catalog.DATASETS                            # the --dataset values
@@ -58,6 +55,7 @@ EPS_MODES = ('amortized', 'global', 'fixed')
 # tf.distribute strategies (rec_vae_tf/training/distribute.py): default runs without one.
 STRATEGIES = ('default', 'mirrored', 'multi_worker', 'tpu')
 SCHEDULES = ('recursive', 'freeze_earlier', 'simultaneous')
+MIXTURE_BOUNDS = ('elbo', 'iw')
 
 # Dense encoder/decoder widths per network size: (hidden units per layer).
 # `small` is the IWAE paper's one-stochastic-layer MNIST network (2 x 200);
@@ -98,6 +96,14 @@ class Config:
   # Flow posteriors (iaf, hf only).
   flow_steps: int = 2              # T: IAF steps or Householder reflections
   flow_hidden_units: int = 200     # IAF: hidden units of each step's MADE network
+  # The bound the decoder and the mixing weights are trained on (mixture methods and
+  # vae): 'elbo', the stratified mixture ELBO; 'iw', the importance-weighted mixture
+  # bound over the same samples (SIWAE; objective.mixture_iw_bound).
+  mixture_bound: str = 'elbo'
+  # rme / boosted: the encoders also get the mixture bound's gradient, on top of J_m.
+  bound_to_encoders: bool = False
+  # iwae: the encoder's gradient by DReG (doubly reparameterized; objective.dreg_surrogate).
+  dreg: bool = False
   # Data.
   dataset: str = 'mnist'           # DATASETS (rec_vae_tf.data.catalog)
   data_dir: str = 'data/mnist'
@@ -186,12 +192,20 @@ class Config:
     integer('num_components', 1, 64)
     if self.method in SINGLE_ENCODER_METHODS and self.num_components != 1:
       fail('num_components', f'1 for method={self.method} (it has one encoder)')
-    if self.method == 'mixture' and self.schedule != 'simultaneous':
-      fail('schedule', 'simultaneous for method=mixture (it trains all components jointly)')
+    required_schedule = methods.SPECS[self.method].schedule
+    if required_schedule and self.schedule != required_schedule:
+      fail('schedule', f'{required_schedule} for method={self.method}')
     integer('latent_dim', 1)
     integer('encoder_hidden_units', 0, 100000)
     if self.encoder_hidden_units and self.network in CONV_NETWORKS:
       fail('encoder_hidden_units', f'0 for network={self.network} (dense widths only)')
+    choice('mixture_bound', MIXTURE_BOUNDS)
+    for field in ('mixture_bound', 'bound_to_encoders', 'dreg'):  # options some methods take
+      if (getattr(self, field) != _OMITTED_AT_DEFAULT[field] and
+          field not in methods.SPECS[self.method].options):
+        fail(field, f'{_OMITTED_AT_DEFAULT[field]!r} for method={self.method} (only '
+             f'{", ".join(m for m, spec in methods.SPECS.items() if field in spec.options)} '
+             'take it)')
     integer('flow_steps', 1, 64)
     integer('flow_hidden_units', 1, 100000)
     real('kl_weight', 0.0, 1.0, high_open=True)
@@ -221,7 +235,8 @@ class Config:
     integer('valid_log_likelihood_samples', 1)
     if not isinstance(self.data_dir, str) or not self.data_dir:
       fail('data_dir', 'a non-empty path')
-    for field in ('xla', 'warm_start', 'mixed_precision', 'deterministic'):
+    for field in ('xla', 'warm_start', 'mixed_precision', 'deterministic', 'dreg',
+                  'bound_to_encoders'):
       if not isinstance(getattr(self, field), bool):
         fail(field, 'true or false')
     return self
@@ -279,17 +294,24 @@ _OMITTED_AT_DEFAULT = {
     'valid_log_likelihood_every': 0,
     'valid_log_likelihood_examples': 1000,
     'valid_log_likelihood_samples': 100,
+    'mixture_bound': 'elbo',
+    'bound_to_encoders': False,
+    'dreg': False,
 }
 
 
 def default_config(method: str = 'rme', **overrides) -> Config:
   """The default configuration for a method, with overrides applied (not yet validated)."""
-  base = Config(method=method)
-  if method in SINGLE_ENCODER_METHODS:
-    base = base.replace(num_components=1)
-  if method == 'mixture':
-    base = base.replace(schedule='simultaneous')
-  return base.replace(**overrides)
+  return Config().replace(**method_defaults(method, Config.num_components)).replace(**overrides)
+
+
+def method_defaults(method: str, num_components: int) -> Dict[str, Any]:
+  """The fields a method fixes: method, num_components (1 for one encoder), schedule."""
+  spec = methods.SPECS[method]
+  values = {'method': method, 'num_components': 1 if spec.single_encoder else num_components}
+  if spec.schedule:
+    values['schedule'] = spec.schedule
+  return values
 
 
 CONFIG_FILENAME = 'config.json'
@@ -333,6 +355,3 @@ def check_workdir(workdir: str) -> None:
         pass
     raise errors.UserError(f'workdir {workdir} is not writable: {e.strerror or e}') from None
 
-
-def maybe_none(value: Optional[Any], default: Any) -> Any:
-  return default if value is None else value

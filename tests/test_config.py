@@ -2,6 +2,7 @@
 import pytest
 
 from rec_vae_tf import config as config_lib
+from rec_vae_tf import methods
 from rec_vae_tf import errors
 
 
@@ -78,7 +79,24 @@ def test_semi_amortized_methods_have_one_encoder():
     assert cfg.num_components == 1 and cfg.refine_steps == 20
     with pytest.raises(errors.ConfigError, match=f'method={method}'):
       config_lib.Config(method=method, num_components=2).validate()
-  assert config_lib.REFINED_METHODS == ('savae', 'vae_svi')
+  assert {m for m in config_lib.METHODS
+          if methods.method_class(m).batch_coupled_posterior} == {'savae', 'vae_svi'}
+
+
+def test_method_options_are_refused_where_the_method_does_not_take_them():
+  assert config_lib.Config(mixture_bound='iw').validate().mixture_bound == 'iw'
+  assert config_lib.default_config('mixture', mixture_bound='iw').validate()
+  assert config_lib.default_config('iwae', dreg=True).validate().dreg
+  assert config_lib.Config(bound_to_encoders=True).validate().bound_to_encoders
+  for method, field, value in (('savae', 'mixture_bound', 'iw'), ('iaf', 'mixture_bound', 'iw'),
+                               ('rme', 'dreg', True), ('mixture', 'bound_to_encoders', True),
+                               ('iwae', 'mixture_bound', 'iw')):
+    with pytest.raises(errors.ConfigError, match=f'{field}=.*method={method}'):
+      config_lib.default_config(method, **{field: value}).validate()
+  with pytest.raises(errors.ConfigError, match='mixture_bound'):
+    config_lib.Config(mixture_bound='iwae').validate()
+  # At their defaults the new fields stay out of config.json (old runs keep their keys).
+  assert not {'mixture_bound', 'bound_to_encoders', 'dreg'} & set(config_lib.Config().to_dict())
 
 
 def test_a_config_written_before_refinement_existed_loads_with_the_defaults():

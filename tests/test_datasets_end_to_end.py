@@ -120,7 +120,7 @@ def test_one_epoch_trains_evaluates_and_exports(kind, tmp_path):
   else:
     assert set(np.unique(x)) <= {0.0, 1.0}
 
-  ev = likelihood.evaluate(tr.encoder, tr.decoder, batches, tr.num_active.numpy(),
+  ev = likelihood.evaluate(tr.method, batches, tr.num_active.numpy(),
                            num_samples=K, chunk=K, seed=0, xla=False)
   assert ev['num_examples'] == len(test) and ev['num_dims'] == num_pixels
   assert np.isfinite(ev['test_log_likelihood']) and np.isfinite(ev['test_elbo'])
@@ -130,7 +130,7 @@ def test_one_epoch_trains_evaluates_and_exports(kind, tmp_path):
   if dataset == 'svhn':  # a few bits per subpixel, at most 8 for a flat model
     assert 0 < ev['test_bits_per_dim'] < 16
 
-  module = export_lib.InferenceModule(tr.encoder, tr.decoder, int(tr.num_active.numpy()),
+  module = export_lib.InferenceModule(tr.method, int(tr.num_active.numpy()),
                                       num_pixels=num_pixels, num_importance_samples=K, chunk=K)
   path = export_lib.export_saved_model(module, str(tmp_path / 'export' / 'model'))
   loaded = tf.saved_model.load(path)

@@ -186,8 +186,7 @@ def _mirrored_vs_default(out_path):
       tr = result.trainer
       test = data_lib.make_eval_dataset(load_data(None).test, batch_size=5, seed=0)
       evaluation = likelihood.evaluate(
-          tr.encoder, tr.decoder, test, tr.num_active.numpy(), num_samples=7, chunk=3, seed=0,
-          xla=cfg.xla, refine=tr.refine, flow=tr.flow,
+          tr.method, test, tr.num_active.numpy(), num_samples=7, chunk=3, seed=0, xla=cfg.xla,
           strategy=tr.dist.strategy if tr.dist.distributed else None)
       runs[strategy] = {
           'replicas': tr.dist.num_replicas,
@@ -478,7 +477,7 @@ def test_two_workers_evaluate_like_one_device(worker_data, tmp_path):
     sharded = json.load(f)
   _, tr, _ = trainer_lib.restore_for_evaluation(workdir, log=lambda line: None)
   test = data_lib.make_eval_dataset(data_sources.load_mnist(worker_data).test, batch_size=5, seed=0)
-  single = likelihood.evaluate(tr.encoder, tr.decoder, test, tr.num_active.numpy(),
+  single = likelihood.evaluate(tr.method, test, tr.num_active.numpy(),
                                num_samples=20, chunk=cfg.eval_chunk, seed=0, xla=False)
   assert sharded['num_examples'] == single['num_examples'] == 12
   for key in ('test_log_likelihood', 'test_elbo', 'weight_entropy'):

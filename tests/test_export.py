@@ -24,6 +24,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from rec_vae_tf.serving import export as export_lib
 from rec_vae_tf.evaluation import likelihood
+from rec_vae_tf import methods
 from rec_vae_tf.models import networks
 from rec_vae_tf.training import trainer as trainer_lib
 
@@ -79,7 +80,7 @@ def run(tmp_path_factory):
                        f'--num_importance_samples={K}', f'--importance_chunk={CHUNK}',
                        f'--export_seed={SEED}'))
   _, tr, _ = trainer_lib.restore_for_evaluation(workdir)
-  module = export_lib.InferenceModule(tr.encoder, tr.decoder, int(tr.num_active.numpy()),
+  module = export_lib.InferenceModule(tr.method, int(tr.num_active.numpy()),
                                       num_pixels=P, seed=SEED, num_importance_samples=K,
                                       chunk=CHUNK)
   images = (arrays['x_test'][:B] > 127).astype(np.float32)
@@ -165,7 +166,7 @@ def test_session_loader_matches_eager_for_every_signature(run):
 def test_log_likelihood_is_the_evaluator_estimate(run):
   """Same math and per-chunk seeds as likelihood.Evaluator (K = 3 chunks + a remainder)."""
   module = run['module']
-  evaluator = likelihood.Evaluator(module._encoder, module._decoder, xla=False)  # pylint: disable=protected-access
+  evaluator = likelihood.Evaluator(module._method, xla=False)  # pylint: disable=protected-access
   expected = evaluator.log_likelihood(tf.constant(run['images']), tf.constant(2), K, CHUNK, SEED)
   with export_lib.SessionModel(run['path']) as model:
     served = model.run('log_likelihood', {'images': run['images']})['log_likelihood']
@@ -274,7 +275,8 @@ def _tiny_module(seed=0):
   encoder, decoder = networks.build_networks(
       num_components=3, hidden_units=(8,), latent_dim=4, eps_mode='amortized', seed=seed,
       num_pixels=12)
-  return export_lib.InferenceModule(encoder, decoder, num_active=2, num_pixels=12,
+  return export_lib.InferenceModule(methods.for_networks(encoder, decoder), num_active=2,
+                                    num_pixels=12,
                                     num_importance_samples=10, chunk=4)
 
 
@@ -309,13 +311,16 @@ def test_export_killed_midway_leaves_no_version(tmp_path):
   model_dir = tmp_path / 'rme'
   script = f"""
 import os, signal
-from rec_vae_tf.serving import export as export_lib, networks
+from rec_vae_tf import methods
+from rec_vae_tf.models import networks
+from rec_vae_tf.serving import export as export_lib
 def killed(path, requests):
   open(path, 'wb').write(b'half')
   os.kill(os.getpid(), signal.SIGKILL)
 export_lib.write_warmup = killed
 encoder, decoder = networks.build_networks(3, (8,), 4, 'amortized', seed=0, num_pixels=12)
-module = export_lib.InferenceModule(encoder, decoder, 2, num_pixels=12, num_importance_samples=10)
+module = export_lib.InferenceModule(methods.for_networks(encoder, decoder), 2, num_pixels=12,
+                                    num_importance_samples=10)
 export_lib.export_saved_model(module, {str(model_dir)!r})
 """
   result = subprocess.run([sys.executable, '-c', script], cwd=CWD, env=ENV, capture_output=True,

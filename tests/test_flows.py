@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from rec_vae_tf import config as config_lib
+from rec_vae_tf import methods
 from rec_vae_tf.data import sources as data_sources
 from rec_vae_tf.models import flows
 from rec_vae_tf.evaluation import likelihood
@@ -114,7 +115,7 @@ def _load_data(data_dir, train_examples=None):
 def test_flow_step_trains_encoder_flow_and_decoder_on_the_flow_elbo(method, tmp_path):
   cfg = _cfg(method)
   tr = trainer_lib.Trainer(cfg, str(tmp_path), make_networks=_tiny_networks, num_pixels=P)
-  _randomize(tr.flow)
+  _randomize(tr.method.flow)
   import keras  # pylint: disable=g-import-not-at-top
   lr = 1e-2
   tr.optimizer = keras.optimizers.SGD(lr)  # each update is exactly -lr * gradient
@@ -124,12 +125,12 @@ def test_flow_step_trains_encoder_flow_and_decoder_on_the_flow_elbo(method, tmp_
   with tf.GradientTape() as tape:
     enc = tr.encoder(x)
     terms = objective.flow_terms(lambda z: tr.decoder.log_prob(x, z), enc.loc, enc.scale,
-                                 enc.features, tr.flow, noise)
+                                 enc.features, tr.method.flow, noise['z'])
     loss = -tf.reduce_mean(terms.mixture_elbo)
   grads = tape.gradient(loss, tr.all_vars)
   before = [v.numpy().copy() for v in tr.all_vars]
   tf.function(tr._step)(x, tf.constant(1), tf.constant(0), noise=noise)
-  flow_ids = {id(v) for v in tr.flow.trainable_variables}
+  flow_ids = {id(v) for v in tr.method.flow.trainable_variables}
   moved_flow = False
   for var, old, g in zip(tr.all_vars, before, grads):
     g = np.zeros(var.shape) if g is None else g.numpy()
@@ -147,16 +148,16 @@ def test_flow_run_trains_checkpoints_and_evaluates_with_its_flow(method, tmp_pat
   result = trainer_lib.train(cfg, str(tmp_path), load_data=_load_data,
                              make_networks=_tiny_networks, log=lambda s: None)
   tr = result.trainer
-  flow_values = [v.numpy() for v in tr.flow.variables]
+  flow_values = [v.numpy() for v in tr.method.flow.variables]
   assert any(np.abs(v).max() > 0 for v in flow_values)
   # The selected checkpoint holds the flow: a fresh restore gets the same values.
   _, restored, _ = trainer_lib.restore_for_evaluation(str(tmp_path), make_networks=_tiny_networks,
                                                       num_pixels=P)
-  for a, b in zip(flow_values, restored.flow.variables):
+  for a, b in zip(flow_values, restored.method.flow.variables):
     np.testing.assert_array_equal(a, b.numpy())
   x = tf.constant(result.splits.test.astype(np.float32) / 255.0 > 0.5, tf.float32)
-  with_flow = likelihood.Evaluator(tr.encoder, tr.decoder, xla=False, flow=tr.flow)
-  without = likelihood.Evaluator(tr.encoder, tr.decoder, xla=False)
+  with_flow = likelihood.Evaluator(tr.method, xla=False)
+  without = likelihood.Evaluator(methods.for_networks(tr.encoder, tr.decoder, 'vae'), xla=False)
   ll_flow = with_flow.log_likelihood(x, tf.constant(1), 64, 32, seed=0)
   ll_plain = without.log_likelihood(x, tf.constant(1), 64, 32, seed=0)
   assert np.all(np.isfinite(ll_flow)) and np.abs(ll_flow - ll_plain).max() > 1e-4
@@ -164,9 +165,10 @@ def test_flow_run_trains_checkpoints_and_evaluates_with_its_flow(method, tmp_pat
   post = with_flow._encode(x, tf.constant(1))
   component, eps = likelihood.draw_proposal_noise(post.log_alpha, 1, D, tf.constant([0, 0]))
   log_w = likelihood.importance_log_weights_from_noise(
-      tr.decoder, x, post.log_alpha, post.loc, post.scale, component, eps, tr.flow, post.context)
+      tr.decoder, x, post.log_alpha, post.loc, post.scale, component, eps, tr.method.transform,
+      post.context)
   terms = objective.flow_terms(lambda z: tr.decoder.log_prob(x, z), post.loc, post.scale,
-                               tr.encoder(x).features, tr.flow, eps[:, :, None, :])
+                               tr.encoder(x).features, tr.method.flow, eps[:, :, None, :])
   np.testing.assert_allclose(log_w.numpy()[0], terms.mixture_elbo.numpy(), rtol=1e-5, atol=1e-4)
   assert with_flow._infer(x, tf.constant(1))[1].shape == (x.shape[0], D)
 
@@ -176,4 +178,4 @@ def test_capacity_matched_encoder_is_wider_and_the_decoder_is_not(tmp_path):
   tr = trainer_lib.Trainer(cfg, str(tmp_path), make_networks=_tiny_networks, num_pixels=P)
   assert tr.encoder.trunk[0].units == 16
   assert [l.units for l in tr.decoder.hidden] == [8]
-  assert tr.flow is None
+  assert tr.method.modules == {}

@@ -4,11 +4,10 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from rec_vae_tf import config as config_lib
+from rec_vae_tf import methods
 from rec_vae_tf.evaluation import likelihood
 from rec_vae_tf.models import networks
 from rec_vae_tf.methods import objective
-from rec_vae_tf.training import trainer as trainer_lib
 from tests.conftest import D, M
 
 P = 6
@@ -41,7 +40,7 @@ def test_exact_when_the_proposal_is_the_posterior_for_any_k_chunk_and_batching()
   exact = (x * logits.numpy() - np.log1p(np.exp(logits.numpy()))).sum(-1).astype(np.float64)
   encoder, decoder = _prior_posterior_networks(M, logits)
   for k, chunk, batch in [(1, 1, 7), (10, 3, 3), (64, 64, 4)]:
-    result = likelihood.evaluate(encoder, decoder, _batches(x, batch), 3, num_samples=k,
+    result = likelihood.evaluate(methods.for_networks(encoder, decoder), _batches(x, batch), 3, num_samples=k,
                                  chunk=chunk, seed=2, xla=False)
     assert result['num_examples'] == 7
     assert result['num_importance_samples'] == k
@@ -54,8 +53,9 @@ def test_exact_when_the_proposal_is_the_posterior_for_any_k_chunk_and_batching()
 def test_importance_sampling_is_above_the_elbo_and_deterministic():
   encoder, decoder = networks.build_networks(M, (8,), D, 'amortized', seed=3, num_pixels=P)
   data = _batches(_images(12, 4), 5)
-  a = likelihood.evaluate(encoder, decoder, data, M, num_samples=200, chunk=64, seed=5, xla=False)
-  b = likelihood.evaluate(encoder, decoder, data, M, num_samples=200, chunk=64, seed=5, xla=False)
+  method = methods.for_networks(encoder, decoder)
+  a = likelihood.evaluate(method, data, M, num_samples=200, chunk=64, seed=5, xla=False)
+  b = likelihood.evaluate(method, data, M, num_samples=200, chunk=64, seed=5, xla=False)
   assert a['test_log_likelihood'] == b['test_log_likelihood']
   assert a['test_log_likelihood'] > a['test_elbo']
   assert a['encoder_ms_per_batch'] > 0
@@ -63,7 +63,7 @@ def test_importance_sampling_is_above_the_elbo_and_deterministic():
 
 def test_importance_log_weights_one_sample_is_a_single_sample_elbo():
   encoder, decoder = networks.build_networks(1, (8,), D, 'fixed', seed=6, num_pixels=P)
-  ev = likelihood.Evaluator(encoder, decoder, xla=False)
+  ev = likelihood.Evaluator(methods.for_networks(encoder, decoder, 'vae'), xla=False)
   x = tf.constant(_images(4, 7))
   one = ev.log_likelihood(x, tf.constant(1), num_samples=1, chunk=1, seed=8)
   many = np.stack([ev.log_likelihood(x, tf.constant(1), num_samples=1, chunk=1, seed=s)
@@ -80,37 +80,35 @@ def test_importance_log_weights_one_sample_is_a_single_sample_elbo():
 def test_split_decoder_chunk_equals_the_compiled_chunk():
   encoder, decoder = networks.build_networks(M, (8,), D, 'amortized', seed=3, num_pixels=P)
   x = tf.constant(_images(5, 9))
-  whole = likelihood.Evaluator(encoder, decoder, xla=True, split_decoder=False)
-  split = likelihood.Evaluator(encoder, decoder, xla=True, split_decoder=True)
+  method = methods.for_networks(encoder, decoder)
+  whole = likelihood.Evaluator(method, xla=True, split_decoder=False)
+  split = likelihood.Evaluator(method, xla=True, split_decoder=True)
   assert split.split_decoder and not whole.split_decoder
   a = whole.log_likelihood(x, tf.constant(3), num_samples=20, chunk=8, seed=4)
   b = split.log_likelihood(x, tf.constant(3), num_samples=20, chunk=8, seed=4)
   np.testing.assert_allclose(a, b, rtol=1e-5)
 
 
-def _refine_fn(decoder, steps):
-  cfg = config_lib.Config(method='savae', num_components=1, latent_dim=D, refine_steps=steps,
-                          refine_step_size=0.05).validate()
-  return trainer_lib.make_refine_fn(cfg, decoder)
+def _savae(encoder, decoder, steps):
+  return methods.for_networks(encoder, decoder, 'savae', refine_steps=steps,
+                              refine_step_size=0.05)
 
 
 def test_refined_posterior_zero_steps_is_the_encoder_and_steps_raise_the_elbo():
   encoder, decoder = networks.build_networks(1, (8,), D, 'amortized', seed=3, num_pixels=P)
   data = _batches(_images(12, 4), 5)
   kwargs = dict(num_samples=20, chunk=8, seed=5, xla=False)
-  plain = likelihood.evaluate(encoder, decoder, data, 1, **kwargs)
-  zero = likelihood.evaluate(encoder, decoder, data, 1, refine=_refine_fn(decoder, 0), **kwargs)
+  plain = likelihood.evaluate(methods.for_networks(encoder, decoder, 'vae'), data, 1, **kwargs)
+  zero = likelihood.evaluate(_savae(encoder, decoder, 0), data, 1, **kwargs)
   for key in ('test_log_likelihood', 'test_elbo', 'component_elbo'):
     assert zero[key] == plain[key], key
-  refined = likelihood.evaluate(encoder, decoder, data, 1, refine=_refine_fn(decoder, 10),
-                                **kwargs)
+  refined = likelihood.evaluate(_savae(encoder, decoder, 10), data, 1, **kwargs)
   print(f"ELBO {plain['test_elbo']:.3f} -> refined {refined['test_elbo']:.3f}")
   assert refined['test_elbo'] > plain['test_elbo'] + 0.05
   assert refined['encoder_ms_per_batch'] > 0
   # The refined posterior is the evaluator's posterior everywhere: encode and ELBO agree.
-  ev = likelihood.Evaluator(encoder, decoder, xla=False, refine=_refine_fn(decoder, 10))
+  ev = likelihood.Evaluator(_savae(encoder, decoder, 10), xla=False)
   x = next(iter(data))
-  _, loc, scale, _ = ev._encode(x, tf.constant(1))
+  loc = ev._encode(x, tf.constant(1)).loc
   enc = encoder(x)
   assert not np.allclose(loc.numpy(), enc.loc.numpy())
-  assert trainer_lib.make_refine_fn(config_lib.Config(), decoder) is None  # rme: no refinement

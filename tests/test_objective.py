@@ -162,6 +162,9 @@ def test_eager_and_tf_function_agree():
   eager = _terms(*args, seed=11)
   compiled = tf.function(lambda *a: _terms(*a, seed=11), jit_compile=True)(*args)
   for a, b in zip(eager, compiled):
+    if a is None:  # the optional bounds, not asked for
+      assert b is None
+      continue
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-4)
 
 

@@ -28,6 +28,7 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from launch import query
 from rec_vae_tf.serving import export as export_lib
+from rec_vae_tf import methods
 from rec_vae_tf.models import networks
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,7 +143,8 @@ def exported(tmp_path_factory):
   encoder, decoder = networks.build_networks(
       num_components=M, hidden_units=(8,), latent_dim=D, eps_mode='amortized', seed=1,
       num_pixels=P)
-  module = export_lib.InferenceModule(encoder, decoder, NUM_ACTIVE, num_pixels=P, seed=SEED,
+  module = export_lib.InferenceModule(methods.for_networks(encoder, decoder), NUM_ACTIVE,
+                                      num_pixels=P, seed=SEED,
                                       num_importance_samples=K, chunk=CHUNK)
   base = tmp_path_factory.mktemp('serving')
   return module, export_lib.export_saved_model(module, str(base / MODEL))

@@ -12,6 +12,7 @@ from rec_vae_tf.data import sources as data_sources
 from rec_vae_tf import errors
 from rec_vae_tf.models import networks
 from rec_vae_tf.methods import objective
+from rec_vae_tf.methods import semi_amortized
 from rec_vae_tf.training import trainer as trainer_lib
 
 P = 12  # pixels
@@ -159,7 +160,7 @@ def test_each_loss_moves_exactly_its_own_variables(method, tmp_path):
   with tf.GradientTape(persistent=True) as tape:
     enc = tr.encoder(x)
     terms = objective.rme_terms(
-        lambda z: tr.decoder.log_prob(x, z), enc.loc, enc.scale, enc.eps_logit, noise,
+        lambda z: tr.decoder.log_prob(x, z), enc.loc, enc.scale, enc.eps_logit, noise['z'],
         tf.constant(m), cfg.kl_weight, cfg.prior_floor,
         component_objective='entropy' if method == 'boosted' else 'kl',
         joint=method == 'mixture')
@@ -290,7 +291,7 @@ def test_savae_without_refinement_steps_takes_the_vae_step(tmp_path):
     cfg = _cfg(method=method, num_components=1, refine_steps=0)
     tr = trainer_lib.Trainer(cfg, str(tmp_path / method), make_networks=_tiny_networks,
                              num_pixels=P)
-    assert (tr.refine is None) == (method == 'vae')
+    assert hasattr(tr.method, 'refine') == (method == 'savae')
     tr._compiled_step(x, tf.constant(1), tf.constant(0), noise=tr._noise(x))  # Adam, as in training
     after[method] = _values(tr)
   for a, b in zip(after['vae'], after['savae']):
@@ -303,31 +304,32 @@ def test_refined_methods_route_their_gradients(tmp_path, monkeypatch):
   # Gradient clipping is a threshold: an example whose norm is within rounding of it
   # can be clipped in one computation and not in the other. Routing is tested without it
   # (clipping itself: tests/test_refinement.py).
-  monkeypatch.setattr(trainer_lib, 'REFINE_MAX_GRAD_NORM', 1e9)
+  monkeypatch.setattr(semi_amortized, 'REFINE_MAX_GRAD_NORM', 1e9)
   lr = 1e-2
   x = tf.constant(np.random.default_rng(2).integers(0, 2, [BATCH, P]), tf.float32)
   updates, expected = {}, {}
   for method in ('vae_svi', 'savae'):
     cfg = _refined_cfg(method)
     tr = _sgd_trainer(cfg, tmp_path / method, lr)
-    noise, refine_noise = tr._noise(x), tr._refine_noise(x)  # [S, B, 1, D], [K, S, B, D]
-    assert refine_noise.shape == (3, 1, BATCH, 2)
+    noise = tr._noise(x)
+    refine_noise = noise['refine']  # [K, S, B, D]
+    assert noise['z'].shape == (1, BATCH, 1, 2) and refine_noise.shape == (3, 1, BATCH, 2)
     elbo = lambda loc, scale: objective.rme_terms(
-        lambda z: tr.decoder.log_prob(x, z), loc, scale, enc.eps_logit, noise, tf.constant(1),
+        lambda z: tr.decoder.log_prob(x, z), loc, scale, enc.eps_logit, noise['z'], tf.constant(1),
         cfg.kl_weight, cfg.prior_floor).component_objective[:, 0]  # [B] ELBO of q(loc, scale)
     with tf.GradientTape(persistent=True) as tape:
       enc = tr.encoder(x)
       plain = -tf.reduce_mean(elbo(enc.loc, enc.scale))
-      stopped = -tf.reduce_mean(elbo(*tr.refine(x, enc.loc, enc.scale, noise=refine_noise)))
-      through = -tf.reduce_mean(elbo(*tr.refine(x, enc.loc, enc.scale, noise=refine_noise,
-                                                second_order=True)))
+      stopped = -tf.reduce_mean(elbo(*tr.method.refine(x, enc.loc, enc.scale, noise=refine_noise)))
+      through = -tf.reduce_mean(elbo(*tr.method.refine(x, enc.loc, enc.scale, noise=refine_noise,
+                                                       second_order=True)))
     encoder_loss = plain if method == 'vae_svi' else through
     grads = (tape.gradient(encoder_loss, tr.component_vars) +
              tape.gradient(stopped, tr.mixture_vars))
     expected[method] = [np.zeros(v.shape) if g is None else g.numpy()
                         for g, v in zip(grads, tr.all_vars)]
     before = _values(tr)
-    tr._compiled_step(x, tf.constant(1), tf.constant(0), noise=noise, refine_noise=refine_noise)
+    tr._compiled_step(x, tf.constant(1), tf.constant(0), noise=noise)
     updates[method] = [(old - v.numpy()) / lr for old, v in zip(before, tr.all_vars)]
     for var, update, g in zip(tr.all_vars, updates[method], expected[method]):
       np.testing.assert_allclose(update, g, rtol=2e-3, atol=2e-4, err_msg=f'{method} {var.path}')
@@ -362,8 +364,7 @@ def test_identical_states_take_identical_steps(tmp_path):
   for i in range(8):
     tr = _sgd_trainer(_refined_cfg('vae_svi'), tmp_path / str(i), 1e-2)
     before = _values(tr)
-    tr._compiled_step(x, tf.constant(1), tf.constant(0), noise=tr._noise(x),
-                      refine_noise=tr._refine_noise(x))
+    tr._compiled_step(x, tf.constant(1), tf.constant(0), noise=tr._noise(x))
     updates.append([b - v.numpy() for b, v in zip(before, tr.all_vars)])
   for other in updates[1:]:
     for a, b in zip(updates[0], other):
@@ -386,13 +387,12 @@ def test_validation_log_likelihood_is_recorded_without_changing_training(tmp_pat
                      if k not in ('epoch_seconds', 'train_seconds', 'valid_log_likelihood')}
   assert [strip(h) for h in plain.history] == [strip(h) for h in measured.history]
   # The estimate is the Evaluator's, on the first 5 validation images with K = 3.
-  ev = trainer_lib.likelihood.Evaluator(measured.trainer.encoder, measured.trainer.decoder,
-                                        xla=False)
+  ev = trainer_lib.likelihood.Evaluator(measured.trainer.method, xla=False)
   ds = data_lib.make_eval_dataset(measured.splits.valid[:5], batch_size=4, seed=cfg.seed + 3,
                                   binarization=cfg.binarization)
   want = trainer_lib.likelihood.mean_log_likelihood(ev, ds, measured.trainer.num_active,
                                                     num_samples=3, chunk=cfg.eval_chunk,
-                                                    seed=cfg.seed + 4)[0]
+                                                    seed=cfg.seed + 4).mean
   assert lls[-1] == pytest.approx(want, rel=1e-6)
 
 
@@ -402,3 +402,55 @@ def test_a_run_resumes_with_other_measurement_settings(tmp_path):
   resumed = _train(cfg.replace(valid_log_likelihood_every=1, valid_log_likelihood_examples=4),
                    tmp_path)
   assert resumed.steps == 18 and 'valid_log_likelihood' in resumed.history[-1]
+
+
+@pytest.mark.parametrize('variant', ['rme_iw', 'mixture_iw', 'rme_iw_to_encoders', 'iwae_dreg'])
+def test_importance_weighted_variants_route_their_gradients(variant, tmp_path):
+  """Each variable moves by exactly -lr * the gradient of the loss that trains it."""
+  cfg = {'rme_iw': _cfg(num_train_samples=2, mixture_bound='iw'),
+         'mixture_iw': _cfg(method='mixture', schedule='simultaneous', num_train_samples=2,
+                            mixture_bound='iw'),
+         'rme_iw_to_encoders': _cfg(num_train_samples=2, mixture_bound='iw',
+                                    bound_to_encoders=True),
+         'iwae_dreg': _cfg(method='iwae', num_components=1, num_train_samples=3, dreg=True),
+         }[variant]
+  m = cfg.num_components
+  lr = 1e-2
+  tr = _sgd_trainer(cfg, tmp_path, lr)
+  x = tf.constant(np.random.default_rng(2).integers(0, 2, [BATCH, P]), tf.float32)
+  noise = tr._noise(x)
+  with tf.GradientTape(persistent=True) as tape:
+    enc = tr.encoder(x)
+    terms = objective.rme_terms(
+        lambda z: tr.decoder.log_prob(x, z), enc.loc, enc.scale, enc.eps_logit, noise['z'],
+        tf.constant(m), cfg.kl_weight, cfg.prior_floor,
+        joint=variant in ('mixture_iw', 'rme_iw_to_encoders'), importance_weighted=True,
+        dreg=True)
+    comp = -tf.reduce_mean(tf.reduce_sum(terms.component_objective, -1))
+    iw = -tf.reduce_mean(terms.mixture_iw)
+    dreg = -tf.reduce_mean(terms.iwae_dreg[:, 0])
+    iwae = -tf.reduce_mean(terms.iwae[:, 0])
+    elbo = -tf.reduce_mean(terms.mixture_elbo)
+    comp_and_iw = comp + iw
+  encoder_loss, decoder_loss = {'rme_iw': (comp, iw), 'mixture_iw': (iw, iw),
+                                'rme_iw_to_encoders': (comp_and_iw, iw),
+                                'iwae_dreg': (dreg, iwae)}[variant]
+  before = _values(tr)
+  tr._compiled_step(x, tf.constant(m), tf.constant(0), noise=noise)
+  grads = tape.gradient(encoder_loss, tr.component_vars) + tape.gradient(decoder_loss,
+                                                                         tr.mixture_vars)
+  for var, old, g in zip(tr.all_vars, before, grads):
+    g = np.zeros(var.shape) if g is None else g.numpy()
+    np.testing.assert_allclose((old - var.numpy()) / lr, g, rtol=2e-3, atol=2e-4,
+                               err_msg=f'{variant} {var.path}')
+  # The check tells the bounds apart: the ELBO would move the decoder differently.
+  other = iwae if variant == 'iwae_dreg' else elbo
+  alternative = dreg if variant == 'iwae_dreg' else comp
+  diff = [np.abs(a.numpy() - b.numpy()).max() for a, b in zip(
+      tape.gradient(decoder_loss, tr.decoder.trainable_variables),
+      tape.gradient(elbo, tr.decoder.trainable_variables))]
+  assert max(diff) > 1e-4 or variant == 'iwae_dreg'
+  if variant == 'iwae_dreg':  # DReG's encoder gradient is not the IWAE bound's own
+    diff = [np.abs(a.numpy() - b.numpy()).max() for a, b in zip(
+        tape.gradient(alternative, tr.component_vars), tape.gradient(other, tr.component_vars))]
+    assert max(diff) > 1e-4

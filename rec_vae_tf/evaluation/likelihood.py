@@ -25,11 +25,10 @@ component draws need the mixture weights of every row) and runs the K
 decoder passes, nearly all of the cost, on its own rows only. So the
 estimate equals the single-device one up to float rounding.
 
-Semi-amortized baselines (savae, vae_svi) pass `refine`: their posterior is
-the encoder's output refined per example by gradient steps on the ELBO
-(`trainer.make_refine_fn`), at test time too. Every function here then uses
-the refined posterior: the importance-sampling proposal, the ELBO and the
-timed encoder pass (which therefore includes the refinement steps).
+Every function here takes the run's method (rec_vae_tf.methods): its
+posterior (refined per example for savae / vae_svi), its transform (the flow
+of iaf / hf, applied to every importance sample) and its ELBO terms, so the
+proposal, the ELBO and the timed inference pass are each method's own.
 """
 
 import functools
@@ -42,55 +41,7 @@ import tensorflow as tf
 
 from rec_vae_tf.training import distribute
 from rec_vae_tf.models import likelihoods
-from rec_vae_tf.methods import objective
 from rec_vae_tf.models import posterior
-
-
-class Posterior(NamedTuple):
-  """The test-time posterior of a batch: one feed-forward pass (plus refinement)."""
-  log_alpha: tf.Tensor  # [B, M] mixture log weights
-  loc: tf.Tensor        # [B, M, D]
-  scale: tf.Tensor      # [B, M, D]
-  context: tf.Tensor = None  # [B, H] the flow's context (iaf, hf); None otherwise
-
-
-def _posterior(encoder, x, refine=None):
-  """The encoder's output, refined per example when `refine` is given.
-
-  Args:
-    encoder: a MixtureEncoder.
-    x: [B, P] images.
-    refine: None, or (x, loc [B, M, D], scale [B, M, D]) -> (loc, scale).
-  Returns:
-    (eps_logit [B, M], loc [B, M, D], scale [B, M, D], features [B, M, H] or None).
-  """
-  enc = encoder(x)
-  loc, scale = enc.loc, enc.scale  # [B, M, D]
-  if refine is not None:
-    loc, scale = refine(x, loc, scale)  # [B, M, D]
-  return enc.eps_logit, loc, scale, enc.features
-
-
-def _encode(encoder, x, num_active, refine=None, flow=None) -> Posterior:
-  eps_logit, loc, scale, features = _posterior(encoder, x, refine)
-  log_alpha = posterior.recursive_log_weights(eps_logit, num_active)  # [B, M]
-  if flow is None:
-    return Posterior(log_alpha, loc, scale)
-  return Posterior(log_alpha, loc, scale, features[:, 0])  # one component: context [B, H]
-
-
-def _infer(encoder, x, num_active, refine=None, flow=None):
-  """What a method computes per test batch before any sampling: the timed pass.
-
-  The posterior's parameters (all of them are returned, so no part of the
-  pass, e.g. savae's refinement steps, can be pruned away); flows also push
-  the mean through the flow (the cost of one flow sample per example).
-  """
-  post = _encode(encoder, x, num_active, refine, flow)
-  if flow is None:
-    return post.log_alpha, post.loc, post.scale
-  z, _ = flow(post.loc[:, 0], post.context)  # [B, D]
-  return post.log_alpha, z
 
 
 def draw_proposal_noise(log_alpha, num_samples, latent_dim, seed):
@@ -119,7 +70,7 @@ def draw_proposal_noise(log_alpha, num_samples, latent_dim, seed):
 
 
 def importance_log_weights_from_noise(decoder, x, log_alpha, loc, scale, component, eps,
-                                      flow=None, context=None):
+                                      transform=None, context=None):
   """log p(x, z_k) - log Q(z_k|x) at z_k = loc[c_k] + scale[c_k] * eps_k: returns [K, B].
 
   Args:
@@ -127,25 +78,26 @@ def importance_log_weights_from_noise(decoder, x, log_alpha, loc, scale, compone
     x: [B, P]; log_alpha: [B, M]; loc, scale: [B, M, D].
     component: [B, K] int32 component of each sample; eps: [K, B, D]
       (from `draw_proposal_noise`).
-    flow, context: iaf / hf: the flow (z [K, B, D], context [B, H]) ->
-      (z_T, log|det| [K, B]) applied to every sample, and its context.
+    transform, context: None, or the method's transform (iaf / hf: the flow,
+      (z [K, B, D], context [B, H]) -> (z_T, log|det| [K, B])) applied to
+      every sample, and its context.
   """
   z, log_p_z_over_q = proposal_samples(log_alpha, loc, scale, component, eps,
-                                       flow, context)  # [K, B, D], [K, B]
+                                       transform, context)  # [K, B, D], [K, B]
   # decoder.log_prob wants a component axis: treat the K samples as [K, B, 1, D].
   log_p_x_given_z = decoder.log_prob(x, z[:, :, None, :])[..., 0]  # [K, B]
   return log_p_x_given_z + log_p_z_over_q
 
 
-def proposal_samples(log_alpha, loc, scale, component, eps, flow=None, context=None):
+def proposal_samples(log_alpha, loc, scale, component, eps, transform=None, context=None):
   """z_k = loc[c_k] + scale[c_k] * eps_k and log p(z_k) - log Q(z_k|x).
 
-  With a flow (iaf, hf; M = 1), z_k is pushed through it and
+  With a transform (the flow of iaf, hf; M = 1), z_k is pushed through it and
   log Q(z_T) = log q_0(z_0) - log|det|.
 
   Args:
     log_alpha: [B, M]; loc, scale: [B, M, D]; component: [B, K] int32; eps: [K, B, D].
-    flow, context: None, or the flow and its context [B, H].
+    transform, context: None, or the method's transform and its context [B, H].
   Returns:
     (z [K, B, D], log_p_z_over_q [K, B]).
   """
@@ -155,30 +107,56 @@ def proposal_samples(log_alpha, loc, scale, component, eps, flow=None, context=N
   log_q_components = posterior.diag_normal_log_prob(
       z[:, :, None, :], loc[None], scale[None])  # [K, B, M]
   log_q = tf.reduce_logsumexp(log_alpha[None] + log_q_components, axis=-1)  # [K, B]
-  if flow is not None:
-    z, log_det = flow(z, context)  # [K, B, D], [K, B]
+  if transform is not None:
+    z, log_det = transform(z, context)  # [K, B, D], [K, B]
     log_q = log_q - log_det
   return z, posterior.standard_normal_log_prob(z) - log_q
 
 
-def importance_log_weights(decoder, x, log_alpha, loc, scale, num_samples, seed):
-  """log p(x, z_k) - log Q(z_k|x) for z_k ~ Q: returns [K, B].
+def chunk_logsumexp(method, x, post, component, eps):
+  """logsumexp_k [log p(x, z_k) - log Q(z_k|x)] over one chunk of draws: [B].
+
+  The one importance-sampling chunk of every evaluation: validation, the
+  evaluator (`Evaluator`, which on a CPU runs the same math with the
+  decoder's matmuls split out) and the exported log_likelihood signature.
 
   Args:
-    decoder: has log_prob(x [B, P], z [..., B, M, D]) -> [..., B, M].
-    x: [B, P]; log_alpha: [B, M]; loc, scale: [B, M, D].
-    num_samples: K (a Python int).
-    seed: stateless seed, shape [2].
+    method: the run's `methods.base.Method`.
+    x: [B, P]; post: `method.posterior(x, num_active)`.
+    component: [B, K] int32, eps: [K, B, D] (`draw_proposal_noise`).
   """
-  component, eps = draw_proposal_noise(log_alpha, num_samples, loc.shape[-1], seed)
-  return importance_log_weights_from_noise(decoder, x, log_alpha, loc, scale, component, eps)
+  log_w = importance_log_weights_from_noise(
+      method.decoder, x, post.log_alpha, post.loc, post.scale, component, eps,
+      method.transform, post.context)  # [K, B]
+  return tf.reduce_logsumexp(log_w, axis=0)  # [B]
+
+
+def stratified_chunk_logsumexp(method, x, post, eps):
+  """logsumexp_s [log p(x, z_js) - log Q(z_js|x)] for each component j: [B, M].
+
+  z_js = loc_j + scale_j * eps_sj: each component's own samples (through the
+  method's transform, for a flow posterior, which has one component).
+
+  Args:
+    method: the run's `methods.base.Method`; x: [B, P]; post: its posterior.
+    eps: [S, B, M, D] standard normal draws.
+  """
+  z = post.loc[None] + post.scale[None] * eps  # [S, B, M, D]
+  table = posterior.component_log_prob_table(z, post.loc, post.scale)  # [S, B, M_i, M_j]
+  log_q = posterior.mixture_log_prob(post.log_alpha, table)  # [S, B, M]
+  if method.transform is not None:  # a flow posterior: M = 1
+    z_t, log_det = method.transform(z[:, :, 0], post.context)  # [S, B, D], [S, B]
+    z, log_q = z_t[:, :, None], log_q - log_det[..., None]
+  log_w = (method.decoder.log_prob(x, z) + posterior.standard_normal_log_prob(z) -
+           log_q)  # [S, B, M]
+  return tf.reduce_logsumexp(log_w, axis=0)  # [B, M]
 
 
 class Evaluator:
-  """Compiled evaluation functions for one (encoder, decoder) pair.
+  """Compiled evaluation functions for one run's method (its networks and posterior).
 
   Args:
-    encoder, decoder: the networks.
+    method: the run's `methods.base.Method`.
     xla: compile with XLA.
     split_decoder: for the importance samples, run the decoder's matmuls with
       TensorFlow's own kernels and only the sampling and density math under
@@ -191,87 +169,63 @@ class Evaluator:
       replicas (module docstring).
   """
 
-  def __init__(self, encoder, decoder, *, xla: bool = True, refine=None, flow=None,
-               split_decoder: bool = None, strategy=None):
-    self.encoder = encoder
-    self.decoder = decoder
+  def __init__(self, method, *, xla: bool = True, split_decoder: bool = None, strategy=None):
+    self.method = method
+    self.encoder = method.encoder
+    self.decoder = method.decoder
     self.strategy = strategy
     self._sharded_elbo = tf.function(self._sharded_elbo_sums)
     self._sharded_ll = {}  # (num_samples, chunk) -> tf.function
-    # flow: None, or the flow posterior of iaf / hf (rec_vae_tf.models.flows) that
-    # every proposal sample is pushed through (the encoder has one component).
-    self.flow = flow
-    # refine: None, or the per-example refinement (x, loc, scale) -> (loc, scale)
-    # of savae / vae_svi (`trainer.make_refine_fn`), applied wherever the
-    # posterior is used: encoding (and its timing), proposal and ELBO.
-    self.refine = refine
     if split_decoder is None:
-      split_decoder = (xla and hasattr(decoder, 'log_prob_of_logits') and
+      split_decoder = (xla and hasattr(self.decoder, 'log_prob_of_logits') and
                        not tf.config.list_physical_devices('GPU'))
     self.split_decoder = split_decoder
-    self._encode = tf.function(functools.partial(_encode, encoder, refine=refine, flow=flow),
-                               jit_compile=xla)
-    self._infer = tf.function(functools.partial(_infer, encoder, refine=refine, flow=flow),
-                              jit_compile=xla)
+    self._encode = tf.function(method.posterior, jit_compile=xla)
+    self._infer = tf.function(method.infer, jit_compile=xla)
     self._draw = tf.function(draw_proposal_noise)
     if split_decoder:
-      self._proposal = tf.function(functools.partial(proposal_samples, flow=flow),
-                                   jit_compile=xla)
-      self._logits = tf.function(decoder)  # never XLA-compiled
+      self._proposal = tf.function(
+          functools.partial(proposal_samples, transform=method.transform), jit_compile=xla)
+      self._logits = tf.function(self.decoder)  # never XLA-compiled
       self._combine = tf.function(self._combine_logsumexp, jit_compile=xla)
       self._chunk = self._split_chunk_logsumexp
     else:
-      self._chunk = tf.function(self._chunk_logsumexp, jit_compile=xla)
+      self._chunk = tf.function(functools.partial(chunk_logsumexp, method), jit_compile=xla)
     self._elbo = tf.function(self._elbo_terms, jit_compile=xla)
-    # Sharded ELBO of savae / vae_svi: the refinement (whose draws depend on the
-    # rows it is given) runs on the whole batch, the terms on a replica's rows.
-    self._refined_posterior = tf.function(functools.partial(_posterior, encoder, refine=refine),
-                                          jit_compile=xla)
-    self._elbo_at = tf.function(self._elbo_terms_at, jit_compile=xla)
-
-  def _chunk_logsumexp(self, x, log_alpha, loc, scale, component, eps, context=None):
-    log_w = importance_log_weights_from_noise(
-        self.decoder, x, log_alpha, loc, scale, component, eps, self.flow, context)  # [K, B]
-    return tf.reduce_logsumexp(log_w, axis=0)  # [B]
+    self._elbo_at = tf.function(method.elbo_terms, jit_compile=xla)
+    self._draw_stratified = tf.function(
+        lambda shape, seed: tf.random.stateless_normal(shape, seed=seed))
+    self._stratified_chunk = tf.function(functools.partial(stratified_chunk_logsumexp, method),
+                                         jit_compile=xla)
 
   def _combine_logsumexp(self, x, logits, log_p_z_over_q):
     logits = tf.reshape(logits, tf.concat([tf.shape(log_p_z_over_q), [-1]], 0))  # [K, B, P]
     log_w = self.decoder.log_prob_of_logits(x, logits) + log_p_z_over_q  # [K, B]
     return tf.reduce_logsumexp(log_w, axis=0)  # [B]
 
-  def _split_chunk_logsumexp(self, x, log_alpha, loc, scale, component, eps, context=None):
-    z, log_p_z_over_q = self._proposal(log_alpha, loc, scale, component, eps,
-                                       context=context)  # XLA
+  def _split_chunk_logsumexp(self, x, post, component, eps):
+    """`chunk_logsumexp` with the decoder's matmuls outside XLA."""
+    z, log_p_z_over_q = self._proposal(post.log_alpha, post.loc, post.scale, component, eps,
+                                       context=post.context)  # XLA
     # Rows [K * B, D]: on a matrix, TensorFlow fuses each layer's matmul, bias
     # and ReLU into one oneDNN call (on [K, B, D] they ran as separate ops).
     logits = self._logits(tf.reshape(z, [-1, z.shape[-1]]))  # [K * B, P], TensorFlow's matmuls
     return self._combine(x, logits, log_p_z_over_q)  # XLA
 
   def _elbo_terms(self, x, num_active, noise):
-    eps_logit, loc, scale, features = _posterior(self.encoder, x, self.refine)
-    return self._elbo_terms_at(x, num_active, noise, eps_logit, loc, scale, features)
-
-  def _elbo_terms_at(self, x, num_active, noise, eps_logit, loc, scale, features):
-    """The ELBO terms of batch x at a given posterior (`_posterior`'s outputs)."""
-    if self.flow is not None:
-      return objective.flow_terms(lambda z: self.decoder.log_prob(x, z), loc, scale,
-                                  features, self.flow, noise)
-    return objective.rme_terms(
-        lambda z: self.decoder.log_prob(x, z), loc, scale, eps_logit, noise,
-        num_active, kl_weight=0.0, prior_floor=0.0)
+    return self.method.elbo_terms(x, num_active, noise, self.method.posterior(x, num_active))
 
   def _replica_elbo_sums(self, x, num_active, noise):
     """On one replica: float64 sums of the ELBO terms over its rows of batch x, and their count."""
     n = int(x.shape[0])
     mask = distribute.row_mask(n)  # [b]
-    if self.refine is None:
+    if not self.method.batch_coupled_posterior:
       terms = self._elbo(distribute.padded_rows(x, n), num_active,
                          distribute.padded_rows(noise, n, axis=1))
     else:
-      eps_logit, loc, scale, _ = self._refined_posterior(x)  # the whole batch
-      rows = lambda t, pad=0.0: distribute.padded_rows(t, n, 0, pad)
-      terms = self._elbo_at(rows(x), num_active, distribute.padded_rows(noise, n, axis=1),
-                            rows(eps_logit), rows(loc), rows(scale, pad=1.0), None)
+      post = self._encode(x, num_active)  # the whole batch (e.g. its refinement draws)
+      terms = self._elbo_at(distribute.padded_rows(x, n), num_active,
+                            distribute.padded_rows(noise, n, axis=1), _posterior_rows(post, n))
 
     def masked_sum(values):  # [b, ...] -> float64 sum over the real rows
       values = tf.cast(values, tf.float64)
@@ -289,36 +243,48 @@ class Evaluator:
     return {k: self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
             for k, v in per_replica.items()}
 
+  def _chunk_logsumexps(self, x, post, num_samples, chunk, seed, rows=None):
+    """The per-chunk logsumexps [chunks][B] of K = num_samples samples; chunk i seeds [seed, i].
+
+    rows: None, or (t, axis) -> this replica's rows of t (the draws are made
+    for the whole batch, as without a strategy).
+    """
+    parts = []
+    done, index = 0, 0
+    while done < num_samples:
+      k = min(chunk, num_samples - done)
+      chunk_seed = tf.stack([tf.cast(seed, tf.int32), tf.constant(index, tf.int32)])
+      component, eps = self._draw(post.log_alpha, k, post.loc.shape[-1], chunk_seed)  # [B, k], [k, B, D]
+      if rows is not None:
+        x_rows, post_rows = rows(x, 0), _posterior_rows(post, int(x.shape[0]))
+        component, eps = rows(component, 0), rows(eps, 1)
+      else:
+        x_rows, post_rows = x, post
+      parts.append(self._chunk(x_rows, post_rows, component, eps))  # [B]
+      done += k
+      index += 1
+    return parts
+
   def _replica_log_likelihood_sum(self, x, num_active, seed, num_samples, chunk):
     """On one replica: the float64 sum of log p(x) over its rows of batch x, and their count.
 
     The draws and the per-example combination are `log_likelihood`'s.
     """
     n = int(x.shape[0])
-    log_alpha, loc, scale, context = self._encode(x, num_active)  # the whole batch
-    rows = lambda t, axis=0, pad=0.0: distribute.padded_rows(t, n, axis, pad)
-    mine = (rows(x), rows(log_alpha), rows(loc), rows(scale, pad=1.0))
-    context = None if context is None else rows(context)
-    parts = []
-    done, index = 0, 0
-    while done < num_samples:
-      k = min(chunk, num_samples - done)
-      chunk_seed = tf.stack([seed, tf.constant(index, tf.int32)])
-      component, eps = self._draw(log_alpha, k, loc.shape[-1], chunk_seed)  # whole batch
-      parts.append(tf.cast(self._chunk(*mine, rows(component), rows(eps, axis=1), context),
-                           tf.float64))  # [b]
-      done += k
-      index += 1
-    stacked = tf.stack(parts, 0)  # [chunks, b]
+    post = self._encode(x, num_active)  # the whole batch
+    rows = lambda t, axis: distribute.padded_rows(t, n, axis)
+    parts = self._chunk_logsumexps(x, post, num_samples, chunk, seed, rows)
+    stacked = tf.cast(tf.stack(parts, 0), tf.float64)  # [chunks, b]
     top = tf.reduce_max(stacked, 0)
     ll = top + tf.math.log(tf.reduce_sum(tf.exp(stacked - top), 0)) - math.log(num_samples)
     mask = distribute.row_mask(n)
-    return (tf.reduce_sum(tf.where(mask, ll, tf.zeros_like(ll))),
+    mine = lambda t: tf.where(mask, t, tf.zeros_like(t))
+    return (tf.reduce_sum(mine(ll)), tf.reduce_sum(mine(tf.square(ll))),
             tf.reduce_sum(tf.cast(mask, tf.float64)))
 
   def sharded_log_likelihood_sum(self, x, num_active, num_samples: int, chunk: int,
                                  seed: int):
-    """Under the strategy: (sum over batch x of log p(x), number of examples), float64."""
+    """Under the strategy: (sum over batch x of log p(x), sum of squares, examples), float64."""
     key = (num_samples, chunk)
     if key not in self._sharded_ll:
       def total(x, num_active, seed):
@@ -327,37 +293,62 @@ class Evaluator:
         return tuple(self.strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                      for v in per_replica)
       self._sharded_ll[key] = tf.function(total)
-    total, count = self._sharded_ll[key](x, num_active, tf.constant(seed % 2**31, tf.int32))
-    return float(total.numpy()), int(count.numpy())
+    total, squares, count = self._sharded_ll[key](x, num_active,
+                                                  tf.constant(seed % 2**31, tf.int32))
+    return float(total.numpy()), float(squares.numpy()), int(count.numpy())
+
+  def stratified_log_likelihood(self, x, num_active, num_samples: int, chunk: int,
+                                seed: int) -> np.ndarray:
+    """Stratified importance-sampled log p(x) per example, float64 [B].
+
+    K // n samples from each of the n active components (at least one each),
+    drawn chunk // M per component at a time; chunk i seeds [seed, i]:
+    p(x) ~= sum_j alpha_j(x) mean_s p(x, z_js) / Q(z_js|x), z_js ~ q_j
+    (`stratified_chunk_logsumexp`). Unbiased like the mixture estimator, with
+    no variance from drawing the component.
+    """
+    post = self._encode(x, num_active)
+    num_components, latent_dim = post.loc.shape[-2], post.loc.shape[-1]
+    per_component = max(num_samples // int(num_active), 1)
+    size = max(chunk // num_components, 1)
+    parts, done, index = [], 0, 0
+    while done < per_component:
+      k = min(size, per_component - done)
+      eps = self._draw_stratified([k, x.shape[0], num_components, latent_dim],
+                                  tf.constant([seed % 2**31, index], tf.int32))
+      parts.append(self._stratified_chunk(x, post, eps).numpy().astype(np.float64))  # [B, M]
+      done += k
+      index += 1
+    per = _logsumexp_np(np.stack(parts, 0), 0) - math.log(per_component)  # [B, M]
+    return _logsumexp_np(post.log_alpha.numpy().astype(np.float64) + per, -1)
 
   def log_likelihood(self, x, num_active, num_samples: int, chunk: int, seed: int) -> np.ndarray:
     """Importance-sampled log p(x) per example, float64 [B]."""
-    log_alpha, loc, scale, context = self._encode(x, num_active)
-    parts = []
-    done = 0
-    index = 0
-    while done < num_samples:
-      k = min(chunk, num_samples - done)
-      chunk_seed = tf.constant([seed % 2**31, index], tf.int32)
-      component, eps = self._draw(log_alpha, k, loc.shape[-1], chunk_seed)  # not XLA-compiled
-      parts.append(self._chunk(x, log_alpha, loc, scale, component, eps,
-                               context).numpy().astype(np.float64))
-      done += k
-      index += 1
-    stacked = np.stack(parts, 0)  # [chunks, B]
+    post = self._encode(x, num_active)
+    parts = self._chunk_logsumexps(x, post, num_samples, chunk, seed % 2**31)
+    stacked = np.stack([p.numpy().astype(np.float64) for p in parts], 0)  # [chunks, B]
     top = stacked.max(0)
     return top + np.log(np.exp(stacked - top).sum(0)) - math.log(num_samples)
 
 
-def evaluate_elbo(encoder, decoder, dataset, num_active, *, seed: int, xla: bool = True,
-                  evaluator: 'Evaluator' = None, refine=None, flow=None) -> Dict[str, float]:
+def _logsumexp_np(values: np.ndarray, axis: int) -> np.ndarray:
+  top = values.max(axis, keepdims=True)
+  return np.squeeze(top, axis) + np.log(np.exp(values - top).sum(axis))
+
+
+def _posterior_rows(post, n):
+  """A replica's rows of a posterior (padding: scale 1, so densities stay finite)."""
+  rows = lambda t, pad=0.0: None if t is None else distribute.padded_rows(t, n, 0, pad)
+  return post._replace(log_alpha=rows(post.log_alpha), loc=rows(post.loc),
+                       scale=rows(post.scale, pad=1.0), eps_logit=rows(post.eps_logit),
+                       context=rows(post.context))
+
+
+def evaluate_elbo(ev: Evaluator, dataset, num_active, *, seed: int) -> Dict[str, float]:
   """Stratified mixture ELBO and per-component ELBOs over a dataset (float64 sums).
 
-  `refine` (savae, vae_svi) and `flow` (iaf, hf) are used only when no
-  `evaluator` is given; an evaluator carries its own, and its strategy (if
-  any) shards every batch across replicas.
+  Under the evaluator's strategy (if any) every batch is sharded across replicas.
   """
-  ev = evaluator or Evaluator(encoder, decoder, xla=xla, refine=refine, flow=flow)
   if ev.strategy is not None:
     return _sharded_elbo(ev, dataset, num_active, seed)
   total, count = 0.0, 0
@@ -405,13 +396,14 @@ def _sharded_elbo(ev: Evaluator, dataset, num_active, seed: int) -> Dict[str, fl
           'num_examples': count}
 
 
-def evaluate(encoder, decoder, dataset, num_active, *, num_samples: int, chunk: int,
-             seed: int, xla: bool = True, log=None, refine=None, flow=None,
-             strategy=None) -> Dict[str, float]:
+def evaluate(method, dataset, num_active, *, num_samples: int, chunk: int, seed: int,
+             xla: bool = True, log=None, strategy=None, stratified: bool = False
+             ) -> Dict[str, float]:
   """Test log-likelihood (importance sampling), test ELBO and the posterior summary.
 
   Args:
-    encoder, decoder: the trained networks.
+    method: the run's `methods.base.Method` (networks and posterior: the
+      proposal, the ELBO and the timed pass are the method's own).
     dataset: batches of images [B, P] (evaluated once each): binary, or pixel
       values for a discretized-logistic decoder.
     num_active: number of active mixture components.
@@ -419,77 +411,105 @@ def evaluate(encoder, decoder, dataset, num_active, *, num_samples: int, chunk: 
     chunk: samples per compiled chunk.
     seed: evaluation seed (the same seed gives the same estimate).
     log: optional progress callback.
-    refine: None, or the per-example refinement of savae / vae_svi
-      (`trainer.make_refine_fn`): proposal, ELBO and encoder time then use
-      the refined posterior.
-    flow: None, or the flow of iaf / hf (`trainer.Trainer.flow`): the
-      proposal and ELBO then use the flow posterior.
     strategy: None (one device), or the tf.distribute strategy the networks
       were created under: every batch is sharded across its replicas and the
       float64 sums reduced (module docstring); the same estimate up to float
       rounding.
+    stratified: also the stratified estimate (`mean_log_likelihood`), same K.
   Returns:
-    dict with test_log_likelihood (nats per image), test_bits_per_dim
+    dict with test_log_likelihood (nats per image) and its standard error
+    test_log_likelihood_se (with `stratified`: test_log_likelihood_stratified
+    and its _se too), test_bits_per_dim
     (-test_log_likelihood / (P ln 2), the unit colour-image results are given
     in), num_dims (P), test_elbo, component_elbo, mixture_weights,
     weight_entropy, num_importance_samples, num_examples, encoder_ms_per_batch.
   """
-  ev = Evaluator(encoder, decoder, xla=xla, refine=refine, flow=flow, strategy=strategy)
+  ev = Evaluator(method, xla=xla, strategy=strategy)
   num_active = tf.constant(int(num_active), tf.int32)
-  elbo = evaluate_elbo(encoder, decoder, dataset, num_active, seed=seed + 1, evaluator=ev)
-  mean_ll, count, num_dims = mean_log_likelihood(ev, dataset, num_active, num_samples=num_samples,
-                                                 chunk=chunk, seed=seed, log=log)
+  elbo = evaluate_elbo(ev, dataset, num_active, seed=seed + 1)
+  estimate = mean_log_likelihood(ev, dataset, num_active, num_samples=num_samples, chunk=chunk,
+                                 seed=seed, log=log)
+  extra = {}
+  if stratified:
+    strat = mean_log_likelihood(ev, dataset, num_active, num_samples=num_samples, chunk=chunk,
+                                seed=seed, estimator='stratified', log=log)
+    extra = {'test_log_likelihood_stratified': strat.mean,
+             'test_log_likelihood_stratified_se': strat.standard_error}
   encoder_ms = encoder_time_ms(ev, dataset, num_active)
-  return {'test_log_likelihood': mean_ll,
-          'test_bits_per_dim': likelihoods.bits_per_dim(mean_ll, num_dims),
-          'num_dims': num_dims,
+  return {'test_log_likelihood': estimate.mean,
+          'test_log_likelihood_se': estimate.standard_error,
+          **extra,
+          'test_bits_per_dim': likelihoods.bits_per_dim(estimate.mean, estimate.num_dims),
+          'num_dims': estimate.num_dims,
           'test_elbo': elbo['mixture_elbo'],
           'component_elbo': elbo['component_elbo'],
           'mixture_weights': elbo['mixture_weights'],
           'weight_entropy': elbo['weight_entropy'],
           'num_importance_samples': int(num_samples),
-          'num_examples': count,
+          'num_examples': estimate.num_examples,
           'encoder_ms_per_batch': encoder_ms}
 
 
-def mean_log_likelihood(ev: Evaluator, dataset, num_active, *, num_samples: int, chunk: int,
-                        seed: int, log=None):
-  """Importance-sampled log p(x) averaged over a dataset: (mean, examples, pixels per image).
+ESTIMATORS = ('mixture', 'stratified')
 
-  Batch i is estimated with seed `seed * 100003 + i`; the per-example
-  estimates are summed in float64 and divided by the exact example count.
-  Under the evaluator's strategy every batch is sharded across its replicas.
+
+class LikelihoodEstimate(NamedTuple):
+  """An importance-sampled log p(x) over a dataset."""
+  mean: float            # nats per example
+  standard_error: float  # std of the per-example estimates / sqrt(examples)
+  num_examples: int
+  num_dims: int          # pixels per image
+
+
+def mean_log_likelihood(ev: Evaluator, dataset, num_active, *, num_samples: int, chunk: int,
+                        seed: int, estimator: str = 'mixture', log=None) -> LikelihoodEstimate:
+  """Importance-sampled log p(x) averaged over a dataset, with its standard error.
+
+  estimator: 'mixture' (K samples from Q: a component drawn from alpha(x),
+  then z from it; `Evaluator.log_likelihood`) or 'stratified' (K / n from each
+  of the n active components; `Evaluator.stratified_log_likelihood`; one
+  device only). Batch i is estimated with seed `seed * 100003 + i`; the
+  per-example estimates are summed in float64 and divided by the exact
+  example count. Under the evaluator's strategy every batch is sharded across
+  its replicas.
   """
-  total, count, num_dims = 0.0, 0, None
+  if estimator not in ESTIMATORS:
+    raise ValueError(f'estimator={estimator!r}; allowed: {", ".join(ESTIMATORS)}')
+  if estimator == 'stratified' and ev.strategy is not None:
+    raise ValueError('the stratified estimator runs on one device (no strategy)')
+  per_batch = ev.log_likelihood if estimator == 'mixture' else ev.stratified_log_likelihood
+  total, squares, count, num_dims = 0.0, 0.0, 0, None
   start = time.perf_counter()
   batches = None
   for i, x in enumerate(dataset):
     if ev.strategy is not None:
-      batch_total, batch_count = ev.sharded_log_likelihood_sum(
+      batch_total, batch_squares, batch_count = ev.sharded_log_likelihood_sum(
           x, num_active, num_samples, chunk, seed=seed * 100003 + i)
-      total += batch_total
-      count += batch_count
     else:
-      ll = ev.log_likelihood(x, num_active, num_samples, chunk, seed=seed * 100003 + i)
-      total += float(ll.sum())
-      count += ll.shape[0]
+      ll = per_batch(x, num_active, num_samples, chunk, seed=seed * 100003 + i)
+      batch_total, batch_squares, batch_count = float(ll.sum()), float(np.square(ll).sum()), len(ll)
+    total += batch_total
+    squares += batch_squares
+    count += batch_count
     num_dims = int(x.shape[-1])
     if log is not None and (i + 1) % 10 == 0:
       elapsed = time.perf_counter() - start
       batches = batches or sum(1 for _ in dataset)
-      log(f'  importance sampling: {i + 1}/{batches} batches, running log p(x) '
+      log(f'  importance sampling ({estimator}): {i + 1}/{batches} batches, running log p(x) '
           f'{total / count:.3f}, ETA {elapsed / (i + 1) * (batches - i - 1):.0f}s')
   if count == 0:
     raise ValueError('empty evaluation dataset')
-  return total / count, count, num_dims
+  mean = total / count
+  variance = max(squares / count - mean * mean, 0.0) * count / max(count - 1, 1)
+  return LikelihoodEstimate(mean, math.sqrt(variance / count), count, num_dims)
 
 
 def encoder_time_ms(ev: Evaluator, dataset, num_active, repeats: int = 20) -> float:
   """Median wall time of one posterior pass over the first batch, in ms.
 
-  The encoder's feed-forward pass, plus the refinement steps when the
-  evaluator has `refine` (savae, vae_svi) and one pass of the flow when it has
-  `flow` (iaf, hf): the test-time cost of each method.
+  The method's inference pass (`Method.infer`): the encoders' feed-forward
+  pass, plus the refinement steps of savae / vae_svi and one flow pass of
+  iaf / hf: the test-time cost of each method.
   """
   x = next(iter(dataset))
   [t.numpy() for t in ev._infer(x, num_active)]  # warm-up / compile

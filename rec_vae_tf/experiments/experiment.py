@@ -24,32 +24,28 @@ import tensorflow as tf
 
 from rec_vae_tf.models import builders
 from rec_vae_tf import config as config_lib
+from rec_vae_tf import methods
 from rec_vae_tf.data import pipeline as data_lib
 from rec_vae_tf.serving import export as export_lib
 from rec_vae_tf.evaluation import likelihood
 from rec_vae_tf.models import likelihoods
 from rec_vae_tf.experiments import plots
-from rec_vae_tf.models import posterior
 from rec_vae_tf.training import trainer as trainer_lib
 
 RESULTS_FILE = 'results.json'
 
 
 def method_config(base: config_lib.Config, method: str) -> config_lib.Config:
-  """The base config for `method`, all else equal.
+  """The base config for `method`, all else equal (validated).
 
-  vae, iwae, savae, vae_svi, iaf and hf have one encoder; iwae gets the sample budget
-  of the mixture methods (num_components samples per step, one decoder pass
-  each); mixture trains all components at once.
+  One-encoder methods get M = 1, mixture its simultaneous schedule, and iwae
+  the sample budget of the mixture methods (num_components samples per step,
+  one decoder pass each): `methods.Spec`.
   """
-  if method == 'iwae':
-    return base.replace(method='iwae', num_components=1,
-                        num_train_samples=base.num_components * base.num_train_samples).validate()
-  if method in config_lib.SINGLE_ENCODER_METHODS:  # vae, savae, vae_svi, iaf, hf
-    return base.replace(method=method, num_components=1).validate()
-  if method == 'mixture':
-    return base.replace(method='mixture', schedule='simultaneous').validate()
-  return base.replace(method=method).validate()
+  values = config_lib.method_defaults(method, base.num_components)
+  if methods.SPECS[method].takes_component_samples:
+    values['num_train_samples'] = base.num_components * base.num_train_samples
+  return base.replace(**values).validate()
 
 
 def device_description() -> str:
@@ -69,28 +65,16 @@ def _evaluate_cached(run_dir, tr, cfg, dataset, num_samples, test_count, eval_se
       return json.load(f)
   log(f'evaluating {path} on {test_count} test images, K={num_samples}')
   # savae / vae_svi: proposal, ELBO and encoder time use the refined posterior.
-  result = likelihood.evaluate(tr.encoder, tr.decoder, dataset, tr.num_active.numpy(),
+  result = likelihood.evaluate(tr.method, dataset, tr.num_active.numpy(),
                                num_samples=num_samples, chunk=cfg.eval_chunk, seed=eval_seed,
-                               xla=cfg.xla, log=log, refine=tr.refine, flow=tr.flow)
+                               xla=cfg.xla, log=log)
   config_lib.write_json_atomic(cache, result)
   return result
 
 
 def posterior_sample(tr, x, seed):
-  """One z ~ q(z|x) per image from the run's own posterior: [B, D].
-
-  The mixture for the mixture methods, the refined Gaussian for savae /
-  vae_svi, the flow-transformed Gaussian for iaf / hf.
-  """
-  enc = tr.encoder(x)
-  loc, scale = enc.loc, enc.scale  # [B, M, D]
-  if tr.refine is not None:  # savae / vae_svi: their posterior is the refined one
-    loc, scale = tr.refine(x, loc, scale)
-  log_alpha = posterior.recursive_log_weights(enc.eps_logit, tr.num_active)
-  z = posterior.q_z_given_x(log_alpha, loc, scale).sample(seed=tf.constant([seed, 1]))
-  if tr.flow is not None:
-    z, _ = tr.flow(z, enc.features[:, 0])
-  return z
+  """One z ~ q(z|x) per image from the run's own posterior (`Method.sample`): [B, D]."""
+  return tr.method.sample(tr.method.posterior(x, tr.num_active), tf.constant([seed, 1]))
 
 
 def decoder_mean(decoder, z):
@@ -230,7 +214,7 @@ def run_comparison(base: config_lib.Config, workdir: str, *,
 
   if export and 'rme' in trainers:
     tr = trainers['rme']
-    module = export_lib.InferenceModule(tr.encoder, tr.decoder, int(tr.num_active.numpy()),
+    module = export_lib.InferenceModule(tr.method, int(tr.num_active.numpy()),
                                         num_pixels=splits.test.shape[1], seed=eval_seed)
     path = export_lib.export_saved_model(
         module, os.path.join(workdir, 'export', 'rme'),

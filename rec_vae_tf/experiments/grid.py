@@ -314,9 +314,9 @@ def run_cell(cell: Cell, workdir: str, *, num_importance_samples: int, examples:
   dataset = data_lib.make_eval_dataset(images, batch_size=cfg.eval_batch_size, seed=eval_seed,
                                        binarization=cfg.binarization)
   start = time.perf_counter()
-  ev = likelihood.evaluate(tr.encoder, tr.decoder, dataset, tr.num_active.numpy(),
+  ev = likelihood.evaluate(tr.method, dataset, tr.num_active.numpy(),
                            num_samples=num_importance_samples, chunk=cfg.eval_chunk,
-                           seed=eval_seed, xla=cfg.xla, refine=tr.refine, flow=tr.flow)
+                           seed=eval_seed, xla=cfg.xla)
   epochs_done = max(len(result.history), 1)
   return {
       'cell': cell.cell_id,

@@ -20,7 +20,7 @@ Shapes: S samples, B batch, M components, D latent size.
 """
 
 import math
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import tensorflow as tf
 
@@ -35,6 +35,13 @@ class RMETerms(NamedTuple):
   log_alpha: tf.Tensor            # [B, M] mixture log weights (inactive: very negative)
   log_p_x_given_z: tf.Tensor      # [B, M] E_{q_m} log p(x|z), the reconstruction term
   iwae: tf.Tensor                 # [B, M] IWAE bound of q_m with its S samples; zero where inactive
+  # [B] the importance-weighted mixture bound (SIWAE), only when asked for (rme_terms'
+  # importance_weighted): logsumexp_{s,j}(log alpha_j + log p(x, z_sj) - log Q(z_sj|x)) - log S.
+  mixture_iw: Optional[tf.Tensor] = None
+  # [B, M] the doubly-reparameterized (DReG; Tucker et al. 2019) surrogate of each
+  # component's IWAE bound, only when asked for (rme_terms' dreg): its gradient w.r.t.
+  # the encoder is DReG's estimate of the IWAE bound's (`dreg_surrogate`).
+  iwae_dreg: Optional[tf.Tensor] = None
 
 
 COMPONENT_OBJECTIVES = ('kl', 'entropy')
@@ -56,6 +63,8 @@ def rme_terms(
     prior_floor: float,
     component_objective: str = 'kl',
     joint: bool = False,
+    importance_weighted: bool = False,
+    dreg: bool = False,
 ) -> RMETerms:
   """Evaluates all RME objectives from one batched decoder pass.
 
@@ -75,6 +84,10 @@ def rme_terms(
       stopped); True for the non-recursive mixture baseline, whose encoders
       are trained by the mixture bound itself, so its log Q keeps their
       gradients.
+    importance_weighted: also return the importance-weighted mixture bound
+      (`mixture_iw_bound`) from the same samples and log Q.
+    dreg: also return each component's DReG surrogate (`dreg_surrogate`), from
+      the same decoder pass.
   Returns:
     RMETerms.
   """
@@ -124,7 +137,46 @@ def rme_terms(
       mixture_elbo=mixture_elbo,
       log_alpha=log_alpha,
       log_p_x_given_z=tf.reduce_mean(log_p_x_given_z, axis=0) * active_f,
-      iwae=iwae_bound(elbo_m) * active_f)
+      iwae=iwae_bound(elbo_m) * active_f,
+      mixture_iw=(mixture_iw_bound(log_alpha, log_joint - log_q_mix) if importance_weighted
+                  else None),
+      iwae_dreg=(dreg_surrogate(log_joint, elbo_m, z, loc, scale) * active_f if dreg else None))
+
+
+def dreg_surrogate(log_joint, log_weights, z, loc, scale):
+  """A surrogate whose encoder gradient is DReG's estimate of the IWAE bound's: [B, M].
+
+  DReG (Tucker et al. 2019): d/dphi log (1/S) sum_s w_s is estimated by
+  sum_s wt_s^2 d log w_s / dz_s dz_s / dphi, wt = softmax_s log w, with log q's
+  parameters held fixed inside log w (only the path through z_s = loc + scale * eps_s
+  carries phi): the score-function term, whose variance grows with S, is gone.
+
+  Args:
+    log_joint: [S, B, M] log p(x, z) with z live; log_weights: [S, B, M] log p(x, z) -
+      log q(z) (for the stopped normalized weights wt); z: [S, B, M, D]; loc, scale:
+      [B, M, D] the proposal's parameters (stopped here).
+  """
+  log_q_fixed = posterior.diag_normal_log_prob(
+      z, tf.stop_gradient(loc)[None], tf.stop_gradient(scale)[None])  # [S, B, M]
+  normalized = tf.stop_gradient(tf.nn.softmax(log_weights, axis=0))  # [S, B, M]
+  return tf.reduce_sum(tf.square(normalized) * (log_joint - log_q_fixed), axis=0)
+
+
+def mixture_iw_bound(log_alpha, log_weights):
+  """The stratified importance-weighted mixture bound (SIWAE; Morningstar et al. 2021): [B].
+
+  L = logsumexp_{s,j}(log alpha_j + log w_sj) - log S, with w_sj = p(x, z_sj) / Q(z_sj|x)
+  and z_sj ~ q_j: S samples from each component, weighted by alpha_j. E[exp L] = p(x),
+  so L <= log p(x); L >= the stratified ELBO sum_j alpha_j mean_s log w_sj (Jensen); with
+  one component and S samples it is the IWAE bound. Inactive components (log alpha_j
+  = -1e9) contribute nothing.
+
+  Args:
+    log_alpha: [B, M]; log_weights: [S, B, M] log p(x, z_sj) - log Q(z_sj|x).
+  """
+  num_samples = tf.cast(tf.shape(log_weights)[0], log_weights.dtype)
+  return (tf.reduce_logsumexp(log_alpha[None] + log_weights, axis=[0, 2]) -
+          tf.math.log(num_samples))
 
 
 def gaussian_kl_to_standard_normal(loc, scale):

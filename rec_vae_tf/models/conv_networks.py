@@ -356,25 +356,6 @@ class ConvDecoder(keras.layers.Layer):
     return self.likelihood.mean(self(z))
 
 
-class ConvBernoulliDecoder(ConvDecoder):
-  """p(x|z) = Bernoulli(logits=dec(z)) for binary images, default 28x28x1; params are [..., P] logits."""
-
-  def __init__(self, channels: Sequence[int], image_shape: Sequence[int] = (28, 28, 1), **kwargs):
-    super().__init__(image_shape, channels, likelihoods.Bernoulli(), **kwargs)
-
-
-class ConvLogisticDecoder(ConvDecoder):
-  """p(x|z) = discretized logistic (mixture of `num_mixtures`) per subpixel, default 32x32x3.
-
-  x holds 8-bit pixel values on {0, x_max/255, ..., x_max} (`likelihoods`).
-  """
-
-  def __init__(self, channels: Sequence[int], image_shape: Sequence[int] = (32, 32, 3),
-               num_mixtures: int = 1, x_max: float = 255.0, **kwargs):
-    super().__init__(image_shape, channels,
-                     likelihoods.DiscretizedLogistic(num_mixtures, x_max), **kwargs)
-
-
 def build_conv_networks(num_components: int, size: str, latent_dim: int, eps_mode: str,
                         seed: int, image_shape: Sequence[int], likelihood='bernoulli', *,
                         num_mixtures: int = 5, x_max: float = 255.0,

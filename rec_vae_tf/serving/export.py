@@ -7,14 +7,18 @@ tensors (B batch, M components, D latent size, P pixels):
       colour model with a discretized-logistic decoder: pixel values in [0, 255])
       -> log_weights [B, M], loc [B, M, D], scale [B, M, D]
       (the one-pass amortized posterior Q(z|x) = sum_j alpha_j N(loc_j, scale_j^2);
-      inactive components carry log weight -1e9)
+      inactive components carry log weight -1e9). Each method serves its own
+      posterior (`Method.encode_outputs`): savae / vae_svi the Gaussian after
+      the refinement steps, run in the graph; iaf / hf the base Gaussian plus
+      `context` [B, H], the flow's conditioning features
   log_likelihood: images [B, P] -> log_likelihood [B], the importance-sampled
       log p(x) ~= logsumexp_k [log p(x|z_k) + log p(z_k) - log Q(z_k|x)] - log K,
-      z_k ~ Q(.|x), with K fixed at export time (the same math and the same
+      z_k ~ Q(.|x) (through the flow for iaf / hf), with K fixed at export time
+      (the same chunk function, `likelihood.chunk_logsumexp`, and the same
       per-chunk stateless seeds as `likelihood.Evaluator.log_likelihood`);
       the K samples are drawn `chunk` at a time inside a tf.while_loop that
       keeps a running logsumexp (float64), so memory is O(chunk * B * P)
-  reconstruct: images [B, P] -> bernoulli_mean [B, P] (decoder mean at z ~ Q(z|x))
+  reconstruct: images [B, P] -> bernoulli_mean [B, P] (decoder mean at z ~ Q(z|x), the method's posterior)
   decode: latents [B, D] float32 -> bernoulli_mean [B, P]
   sample: count int32 scalar in [1, MAX_COUNT] -> bernoulli_mean [count, P],
       latents [count, D] (z ~ p(z) = N(0, I))
@@ -64,8 +68,6 @@ from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from rec_vae_tf.evaluation import likelihood
-from rec_vae_tf.models import networks
-from rec_vae_tf.models import posterior
 
 DEFAULT_NUM_IMPORTANCE_SAMPLES = 1000
 DEFAULT_CHUNK = 100
@@ -85,17 +87,18 @@ class ExportError(RuntimeError):
 class InferenceModule(tf.Module):
   """The exported RME posterior, likelihood estimate and decoder as a servable module."""
 
-  def __init__(self, encoder, decoder, num_active: int, num_pixels: int, seed: int = 0,
+  def __init__(self, method, num_active: int, num_pixels: int, seed: int = 0,
                num_importance_samples: int = DEFAULT_NUM_IMPORTANCE_SAMPLES,
                chunk: int = DEFAULT_CHUNK):
-    """Wraps trained networks.
+    """Wraps a trained run's method (its networks and posterior).
 
     Args:
-      encoder: `networks.MixtureEncoder` or `conv_networks.ConvMixtureEncoder`,
-        images [B, P] -> loc, scale [B, M, D], eps_logit [B, M].
-      decoder: `networks.BernoulliDecoder` (latents [..., D] -> logits [..., P])
-        or a `conv_networks.ConvDecoder` (its `.mean(z)` and `likelihood.x_max`
-        give the picture and the input range).
+      method: the run's `methods.base.Method`: its posterior (refined in the
+        graph for savae / vae_svi, pushed through the flow for iaf / hf) is
+        what encode returns and what log_likelihood and reconstruct sample.
+        Its decoder is a `networks.BernoulliDecoder` (latents [..., D] ->
+        logits [..., P]) or a `conv_networks.ConvDecoder` (its `.mean(z)` and
+        `likelihood.x_max` give the picture and the input range).
       num_active: active mixture components (the rest get weight zero).
       num_pixels: P, the feature size of an image.
       seed: stateless seed of every random draw (a non-negative int32).
@@ -108,8 +111,11 @@ class InferenceModule(tf.Module):
                        'must be positive')
     if not 0 <= seed < 2**31 - 1:
       raise ValueError(f'seed must be in [0, 2^31 - 1), got {seed}')
-    self._encoder = encoder
+    self._method = method
+    encoder, decoder = method.encoder, method.decoder
     self._decoder = decoder
+    self.method = method.name
+    self.served_posterior = method.served_posterior
     self.num_active = int(num_active)
     self.num_components = int(encoder.num_components)
     self.latent_dim = int(encoder.latent_dim)
@@ -117,13 +123,14 @@ class InferenceModule(tf.Module):
     self.seed = int(seed)
     self.num_importance_samples = int(num_importance_samples)
     self.chunk = min(int(chunk), self.num_importance_samples)
-    self.num_parameters = networks.count_parameters(encoder, decoder)
+    self.num_parameters = method.num_parameters()
     # Largest pixel value the model reads: 1 for binary data (and Bernoulli
     # decoders without a likelihood object), 255 for a discretized logistic.
     self.x_max = float(getattr(getattr(decoder, 'likelihood', None), 'x_max', 1.0))
     self.mean_name = 'bernoulli_mean' if self.x_max == 1.0 else 'pixel_mean'
     self._num_active = tf.constant(self.num_active, tf.int32)
-    self._tf_vars = [v.value for layer in (encoder, decoder) for v in layer.variables]
+    self._tf_vars = [v.value for layer in (encoder, decoder, *method.modules.values())
+                     for v in layer.variables]
     images = tf.TensorSpec([None, None], tf.float32, name='images')
     latents = tf.TensorSpec([None, None], tf.float32, name='latents')
     count = tf.TensorSpec([], tf.int32, name='count')
@@ -197,23 +204,22 @@ class InferenceModule(tf.Module):
 
   def _posterior(self, images):
     x = self._checked_images(images)  # [B, P]
-    enc = self._encoder(x)
-    log_alpha = posterior.recursive_log_weights(enc.eps_logit, self._num_active)  # [B, M]
-    return x, log_alpha, enc.loc, enc.scale
+    return x, self._method.posterior(x, self._num_active)
 
   def _encode(self, images):
-    _, log_alpha, loc, scale = self._posterior(images)
-    return {'log_weights': log_alpha, 'loc': loc, 'scale': scale}
+    _, post = self._posterior(images)
+    return self._method.encode_outputs(post)
 
   def _log_likelihood(self, images):
-    x, log_alpha, loc, scale = self._posterior(images)
+    x, post = self._posterior(images)
     num_full, rest = divmod(self.num_importance_samples, self.chunk)
 
     def chunk_logsumexp(index, size):
       # Chunk `index` uses seed [seed, index], as likelihood.Evaluator does.
-      log_w = likelihood.importance_log_weights(
-          self._decoder, x, log_alpha, loc, scale, size, self._seed(0, index))  # [size, B]
-      return tf.cast(tf.reduce_logsumexp(log_w, axis=0), tf.float64)  # [B]
+      component, eps = likelihood.draw_proposal_noise(
+          post.log_alpha, size, self.latent_dim, self._seed(0, index))  # [B, size], [size, B, D]
+      return tf.cast(likelihood.chunk_logsumexp(self._method, x, post, component, eps),
+                     tf.float64)  # [B]
 
     def body(index, total):
       both = tf.stack([total, chunk_logsumexp(index, self.chunk)])  # [2, B]
@@ -228,8 +234,8 @@ class InferenceModule(tf.Module):
     return {'log_likelihood': tf.cast(log_p, tf.float32)}
 
   def _reconstruct(self, images):
-    _, log_alpha, loc, scale = self._posterior(images)
-    z = posterior.q_z_given_x(log_alpha, loc, scale).sample(seed=self._seed(0))  # [B, D]
+    _, post = self._posterior(images)
+    z = self._method.sample(post, self._seed(0))  # [B, D]
     return {self.mean_name: self._decoder_mean(z)}  # [B, P]
 
   def _decode(self, latents):
@@ -520,6 +526,8 @@ def export_saved_model(module: InferenceModule, model_dir: str, *,
         'num_pixels': module.num_pixels,
         'input_max': module.x_max,
         'num_parameters': module.num_parameters,
+        'method': module.method,
+        'served_posterior': module.served_posterior,
         'max_count': MAX_COUNT,
         'warmup_requests': [name for _, (name, _) in warmup],
         'max_abs_deviation_from_eager': verified['max_abs_deviation_from_eager'],

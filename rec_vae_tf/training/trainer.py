@@ -2,21 +2,12 @@
 
 Two loops:
   * inner: `Trainer.train_steps`, a `tf.function` that runs N steps over a
-    dataset iterator. Each step is one forward pass (M encoders, one decoder
-    pass over all S x B x M samples) and two gradients:
-      - sum_m J_m (component objectives) w.r.t. the encoders phi_1..phi_M,
-      - the stratified mixture bound ELBO(Q) w.r.t. the decoder and the
-        mixing-weight parameters,
-    applied by one Adam optimizer. The step is optionally XLA-compiled and its
-    arguments are tensors, so it traces once.
-    The semi-amortized baselines (savae, vae_svi; M = 1) first refine the
-    encoder's posterior per example (`make_refine_fn`):
-      - savae: the decoder is trained on ELBO(q_K) at the refined, stopped
-        (loc_K, scale_K); the encoder on the same ELBO(q_K) through the K
-        refinement steps (second order), by back-propagating d ELBO /
-        d(loc_K, scale_K) through the steps, as SA-VAE does;
-      - vae_svi: the encoder on its own ELBO(q_0) (a plain VAE), the decoder
-        on ELBO(q_K) at the stopped refined posterior.
+    dataset iterator. Each step draws the method's noise (a pure function of
+    seed and step), asks the method (rec_vae_tf.methods) for its gradients
+    (each loss w.r.t. the variables it trains: for RME, sum_m J_m w.r.t. the
+    encoders and the stratified mixture ELBO w.r.t. the decoder and the
+    mixing weights) and applies them with one Adam optimizer. The step is
+    optionally XLA-compiled and its arguments are tensors, so it traces once.
   * outer (Python): epochs, the recursion schedule (how many components are
     active), validation and model selection, checkpoints, TensorBoard
     summaries, progress lines, and the NaN/Inf guard.
@@ -69,12 +60,9 @@ from rec_vae_tf.data import pipeline as data_lib
 from rec_vae_tf.data import sources as data_sources
 from rec_vae_tf.training import distribute
 from rec_vae_tf import errors
-from rec_vae_tf.models import flows
+from rec_vae_tf import methods
 from rec_vae_tf.evaluation import likelihood
-from rec_vae_tf.models import networks
-from rec_vae_tf.methods import objective
 from rec_vae_tf.models import posterior
-from rec_vae_tf.methods import refinement
 
 CHECKPOINT_DIR = 'checkpoints'
 BEST_DIR = 'best'
@@ -91,54 +79,6 @@ PARTIAL_EPOCH_FILE = 'partial_epoch.json'
 MAX_CHUNK_STEPS = 100
 # Free space wanted beyond the checkpoints (history, summaries, evaluations).
 _FREE_SPACE_MARGIN_BYTES = 16 << 20
-# Per-example clipping of the refinement gradient (loc and log scale together),
-# as SA-VAE clips its inner gradients (to 5).
-REFINE_MAX_GRAD_NORM = 5.0
-# Seed salt of the refinement noise at evaluation (fixed: the same image gets the
-# same refined posterior in every evaluation of a run).
-_EVAL_REFINE_SEED = 7717
-
-
-def make_refine_fn(cfg: config_lib.Config, decoder) -> Optional[Callable]:
-  """The per-example posterior refinement of savae and vae_svi; None for other methods.
-
-  K = cfg.refine_steps momentum steps (cfg.refine_step_size, cfg.refine_momentum)
-  of gradient ascent on each example's ELBO over (loc, log scale), with
-  cfg.num_train_samples samples per step and each example's gradient clipped
-  to REFINE_MAX_GRAD_NORM (`refinement.refine_gaussian`), using `decoder` as
-  it is when called.
-
-  Args:
-    cfg: the run's config.
-    decoder: has log_prob(x [B, P], z [..., B, M, D]) -> [..., B, M].
-  Returns:
-    None, or refine(x, loc, scale, *, noise=None, seed=None, second_order=False)
-    -> (loc, scale): x [B, P]; loc, scale [B, 1, D] (the encoder's layout,
-    M = 1); noise [K, S, B, D] or a stateless seed [2] (neither: a fixed
-    evaluation seed). second_order=False returns constants (vae_svi, and every
-    evaluation); True keeps the steps differentiable w.r.t. loc and scale
-    (savae's encoder update). With K = 0 the input is returned as it is.
-  """
-  if cfg.method not in config_lib.REFINED_METHODS:
-    return None
-
-  def refine(x, loc, scale, *, noise=None, seed=None, second_order=False):
-    if cfg.refine_steps == 0:
-      return loc, scale
-    if noise is None and seed is None:
-      seed = tf.constant([cfg.seed, _EVAL_REFINE_SEED], tf.int64)
-    log_p_x_given_z_fn = lambda z: decoder.log_prob(x, z[..., None, :])[..., 0]  # [S, B]
-    out = refinement.refine_gaussian(
-        log_p_x_given_z_fn, loc[:, 0], tf.math.log(scale[:, 0]),  # [B, D] each
-        num_steps=cfg.refine_steps, step_size=cfg.refine_step_size,
-        momentum=cfg.refine_momentum, num_samples=cfg.num_train_samples, seed=seed,
-        noise=noise, max_grad_norm=REFINE_MAX_GRAD_NORM,
-        stop_encoder_gradient=not second_order)
-    return out.loc[:, None], out.scale[:, None]  # [B, 1, D] each
-
-  return refine
-
-
 def num_active_at(cfg: config_lib.Config, step: int, steps_per_epoch: int) -> int:
   """Active components after `step` optimisation steps under cfg's schedule."""
   if cfg.schedule == 'simultaneous':
@@ -189,21 +129,15 @@ class Trainer:
     self.encoder, self.decoder = make_networks(
         cfg.num_components, cfg.hidden_units, cfg.latent_dim, cfg.eps_mode, cfg.seed,
         num_pixels=num_pixels, **extra)
-    # iaf / hf: the flow that turns the encoder's Gaussian into the posterior,
-    # trained with the encoder on the flow's ELBO. None for other methods.
-    self.flow = None
-    if cfg.method in config_lib.FLOW_METHODS:
-      features = self.encoder(tf.zeros([1, num_pixels])).features  # [1, 1, H]
-      self.flow = flows.build_flow(cfg.method, cfg.flow_steps, cfg.latent_dim,
-                                   context_dim=int(features.shape[-1]),
-                                   hidden_units=cfg.flow_hidden_units, seed=cfg.seed + 2000)
-    self.component_vars = self.encoder.component_variables + (
-        self.flow.trainable_variables if self.flow is not None else [])
-    self.mixture_vars = self.decoder.trainable_variables + self.encoder.weight_variables
+    # What differs between methods (losses, variable groups, posterior, extra
+    # parts such as a flow): rec_vae_tf.methods.
+    self.method = methods.build(cfg, self.encoder, self.decoder, num_pixels=num_pixels)
+    self.component_vars = self.method.component_variables
+    self.mixture_vars = self.method.mixture_variables
     self.all_vars = self.component_vars + self.mixture_vars
     # Variables with one slice per component (leading axis M): frozen slice-wise
     # under `freeze_earlier`.
-    self._sliced_vars = self.encoder.component_variables + self.encoder.weight_variables
+    self._sliced_vars = self.method.sliced_variables
     self.optimizer = keras.optimizers.Adam(cfg.learning_rate)
     self.optimizer.build(self.all_vars)
 
@@ -212,7 +146,7 @@ class Trainer:
                                   dtype=tf.int32, trainable=False, name='num_active')
     self.best_validation = tf.Variable(-np.inf, dtype=tf.float64, trainable=False,
                                        name='best_validation_elbo')
-    posterior_parts = {'flow': self.flow} if self.flow is not None else {}
+    posterior_parts = self.method.modules  # e.g. {'flow': ...}
     self.checkpoint = tf.train.Checkpoint(
         encoder=self.encoder, decoder=self.decoder, optimizer=self.optimizer,
         step=self.step, num_active=self.num_active, best_validation=self.best_validation,
@@ -228,47 +162,24 @@ class Trainer:
     self.best_manager = tf.train.CheckpointManager(
         self.best_checkpoint, os.path.join(workdir, BEST_DIR), max_to_keep=1)
 
-    # Per-example refinement of the posterior (savae, vae_svi), else None.
-    self.refine = make_refine_fn(cfg, self.decoder)
     self.trace_count = 0
     step_fn = tf.function(self._step, jit_compile=cfg.xla)
     self._compiled_step = step_fn
     self.train_steps = tf.function(self._train_steps)
 
   # ------------------------------------------------------------ inner loop
-  def _log_p_x_given_z_fn(self, x):
-    return lambda z: self.decoder.log_prob(x, z)  # [S, B, M]
-
   def _noise(self, x, step=None, batch_size=None):
-    """Standard normal draws for the step taken at the current `self.step`: [S, B, M, D].
+    """The method's random draws for the step taken at the current `self.step`.
 
-    A pure function of (seed, step), so a resumed run draws the same noise.
-    `step` and `batch_size` (the global B) replace `self.step` and x's batch
-    under a strategy, where every replica draws the global batch's noise and
-    keeps its own rows.
+    A dict of tensors (`Method.step_noise`; 'z': [S, B, M, D] for every
+    method), a pure function of (seed, step), so a resumed run draws the same
+    noise. `step` and `batch_size` (the global B) replace `self.step` and x's
+    batch under a strategy, where every replica draws the global batch's noise
+    and keeps its own rows.
     """
-    cfg = self.cfg
     step = self.step if step is None else step
     batch = tf.shape(x)[0] if batch_size is None else batch_size
-    seed = tf.stack([tf.cast(cfg.seed, tf.int64), step])
-    return tf.random.stateless_normal(
-        [cfg.num_train_samples, batch, cfg.num_components, cfg.latent_dim], seed=seed)
-
-  def _refine_noise(self, x, step=None, batch_size=None):
-    """Refinement draws for the current step (savae, vae_svi): [K, S, B, D], or None.
-
-    A pure function of (seed, step), independent of `_noise`'s draws; `step`
-    and `batch_size` as in `_noise`.
-    """
-    cfg = self.cfg
-    if self.refine is None or cfg.refine_steps == 0:
-      return None
-    step = self.step if step is None else step
-    batch = tf.shape(x)[0] if batch_size is None else batch_size
-    seed = tf.random.experimental.stateless_fold_in(
-        tf.stack([tf.cast(cfg.seed, tf.int64), step]), 1)
-    return tf.random.stateless_normal(
-        [cfg.refine_steps, cfg.num_train_samples, batch, cfg.latent_dim], seed=seed)
+    return self.method.step_noise(tf.stack([tf.cast(self.cfg.seed, tf.int64), step]), batch)
 
   def _batch_mean(self, values):
     """Mean of per-example values [B, ...] over the global batch.
@@ -281,116 +192,36 @@ class Trainer:
       return tf.reduce_mean(values)
     return tf.reduce_sum(values) / self.cfg.batch_size
 
-  def _step(self, x, num_active, trainable_from, noise=None, refine_noise=None):
+  def _step(self, x, num_active, trainable_from, noise=None):
     """One training step of cfg.method.
 
     Args:
       x: [B, P] binary images.
       num_active, trainable_from: int32 scalars.
-      noise: [S, B, M, D] standard normal draws, or None to draw them here
-        (`_noise`). The training loop draws them outside this function: XLA's
-        CPU random-number code took a third of the step when compiled into it
+      noise: the step's draws (`_noise`), or None to draw them here. The
+        training loop draws them outside this function: XLA's CPU
+        random-number code took a third of the step when compiled into it
         (README, "Performance").
-      refine_noise: savae / vae_svi: [K, S, B, D] draws of the refinement
-        steps, or None to draw them here (`_refine_noise`). Ignored otherwise.
     Returns:
       dict of scalar and [M] metrics.
     """
-    grads, terms = self._gradients(x, num_active, trainable_from, noise, refine_noise)
+    grads, terms = self._gradients(x, num_active, trainable_from, noise)
     return self._apply(grads, terms, self._frozen(trainable_from))
 
   def _frozen(self, trainable_from):
     return tf.range(self.cfg.num_components) < trainable_from  # [M]
 
-  def _gradients(self, x, num_active, trainable_from, noise=None, refine_noise=None):
+  def _gradients(self, x, num_active, trainable_from, noise=None):
     """One step's gradients (aligned with all_vars, None where a loss does not reach) and terms.
 
     Arguments as `_step`. Under a strategy, x and the noise are this
     replica's rows and the losses are scaled to the global batch (`_batch_mean`).
     """
     self.trace_count += 1  # Python side effect: runs only while tracing.
-    cfg = self.cfg
     if noise is None:
       noise = self._noise(x)
-    frozen = self._frozen(trainable_from)  # [M]
-    if self.refine is not None:
-      if refine_noise is None:
-        refine_noise = self._refine_noise(x)
-      return self._refined_gradients(x, num_active, noise, refine_noise)
-    if self.flow is not None:
-      # iaf / hf: encoder, flow and decoder all on the flow posterior's ELBO.
-      with tf.GradientTape() as tape:
-        enc = self.encoder(x)
-        terms = objective.flow_terms(self._log_p_x_given_z_fn(x), enc.loc, enc.scale,
-                                     enc.features, self.flow, noise)
-        loss = -self._batch_mean(terms.mixture_elbo)
-      return tape.gradient(loss, self.all_vars), terms
-    with tf.GradientTape(persistent=True) as tape:
-      enc = self.encoder(x)
-      # Frozen components' weights stay put (freeze_earlier); others train.
-      eps_logit = tf.where(frozen, tf.stop_gradient(enc.eps_logit), enc.eps_logit)
-      terms = objective.rme_terms(
-          self._log_p_x_given_z_fn(x), enc.loc, enc.scale, eps_logit, noise,
-          num_active, cfg.kl_weight, cfg.prior_floor,
-          component_objective='entropy' if cfg.method == 'boosted' else 'kl',
-          joint=cfg.method == 'mixture')
-      trained = tf.cast(tf.logical_not(frozen), x.dtype)  # [M]
-      component_loss = -self._batch_mean(tf.reduce_sum(terms.component_objective * trained, -1))
-      mixture_loss = -self._batch_mean(terms.mixture_elbo)
-      if cfg.method == 'mixture':
-        # Non-recursive baseline: encoders, weights and decoder all on the mixture bound.
-        component_loss = mixture_loss
-      elif cfg.method == 'iwae':
-        # One encoder; encoder and decoder both on the k-sample IWAE bound.
-        component_loss = mixture_loss = -self._batch_mean(terms.iwae[:, 0])
-    grads = (tape.gradient(component_loss, self.component_vars) +
-             tape.gradient(mixture_loss, self.mixture_vars))
-    del tape
-    return grads, terms
-
-  def _refined_gradients(self, x, num_active, noise, refine_noise):
-    """Gradients of savae or vae_svi (M = 1) for one step, and the terms at q_K.
-
-    Args:
-      x: [B, P]; num_active: int32 scalar (1); noise: [S, B, 1, D];
-      refine_noise: [K, S, B, D] or None (K = 0).
-    Returns:
-      (gradients aligned with self.all_vars (None where a loss does not reach
-      a variable), objective.RMETerms of ELBO(q_K) at the refined posterior).
-    """
-    cfg = self.cfg
-    log_p_fn = self._log_p_x_given_z_fn(x)
-    with tf.GradientTape(persistent=True) as tape:
-      enc = self.encoder(x)
-      loc_k, scale_k = self.refine(x, enc.loc, enc.scale, noise=refine_noise,
-                                   second_order=cfg.method == 'savae')  # [B, 1, D] each
-      # ELBO(q_K) at the refined parameters as constants: the decoder's gradient
-      # (SA-VAE's decoder update ignores the steps' dependence on the decoder).
-      loc_k_stopped, scale_k_stopped = tf.stop_gradient(loc_k), tf.stop_gradient(scale_k)
-      tape.watch([loc_k_stopped, scale_k_stopped])
-      terms = objective.rme_terms(
-          log_p_fn, loc_k_stopped, scale_k_stopped, enc.eps_logit, noise, num_active,
-          cfg.kl_weight, cfg.prior_floor)
-      mixture_loss = -self._batch_mean(terms.mixture_elbo)  # M = 1: ELBO(q_K)
-      if cfg.method == 'vae_svi':
-        # The encoder is a plain VAE encoder: its own ELBO(q_0).
-        terms_0 = objective.rme_terms(
-            log_p_fn, enc.loc, enc.scale, enc.eps_logit, noise, num_active,
-            cfg.kl_weight, cfg.prior_floor)
-        encoder_loss = -self._batch_mean(terms_0.component_objective[:, 0])
-      else:
-        encoder_loss = -self._batch_mean(terms.component_objective[:, 0])  # ELBO(q_K)
-    if cfg.method == 'vae_svi':
-      encoder_grads = tape.gradient(encoder_loss, self.component_vars)
-    else:
-      # savae: d ELBO(q_K) / d(loc_K, scale_K), carried back through the K steps
-      # to the encoder (second order; with K = 0 this is the VAE's gradient).
-      grad_loc, grad_scale = tape.gradient(encoder_loss, [loc_k_stopped, scale_k_stopped])
-      encoder_grads = tape.gradient([loc_k, scale_k], self.component_vars,
-                                    output_gradients=[grad_loc, grad_scale])
-    grads = encoder_grads + tape.gradient(mixture_loss, self.mixture_vars)
-    del tape
-    return grads, terms
+    return self.method.gradients(x, num_active, self._frozen(trainable_from), noise,
+                                 self._batch_mean)
 
   def _apply(self, grads, terms, frozen):
     """Applies one step's gradients (aligned with all_vars) and returns its metrics."""
@@ -405,7 +236,8 @@ class Trainer:
     # this barrier the graph may run a backward-pass read of a variable after the
     # optimizer has written it (seen: savae/vae_svi updates differing run to run).
     # (Under a strategy the Keras optimizer all-reduces, i.e. sums, the gradients first.)
-    with tf.control_dependencies(grads + tf.nest.flatten(terms) + before):
+    computed = [t for t in tf.nest.flatten(terms) if t is not None]  # optional terms: None
+    with tf.control_dependencies(grads + computed + before):
       self.optimizer.apply_gradients(zip(grads, self.all_vars))
     alpha = tf.exp(terms.log_alpha)
     if self.dist.distributed:
@@ -450,23 +282,19 @@ class Trainer:
   def _train_steps(self, iterator, num_steps, num_active, trainable_from):
     """Runs num_steps steps; returns metrics averaged over them and a finiteness flag."""
     x = next(iterator)
-    totals = self._compiled_step(x, num_active, trainable_from, noise=self._noise(x),
-                                 refine_noise=self._refine_noise(x))
+    totals = self._compiled_step(x, num_active, trainable_from, noise=self._noise(x))
     for _ in tf.range(num_steps - 1):
       x = next(iterator)
-      metrics = self._compiled_step(x, num_active, trainable_from, noise=self._noise(x),
-                                    refine_noise=self._refine_noise(x))
+      metrics = self._compiled_step(x, num_active, trainable_from, noise=self._noise(x))
       totals = {k: totals[k] + metrics[k] for k in totals}
     return {k: v / tf.cast(num_steps, v.dtype) for k, v in totals.items()}
 
   def _replica_step(self, x, num_active, trainable_from, step):
     """One step on one replica: x is its [B / R, P] block of global batch `step`."""
     batch = self.cfg.batch_size
-    noise = distribute.replica_rows(self._noise(x, step, batch), batch, axis=1)  # [S, B/R, M, D]
-    refine_noise = self._refine_noise(x, step, batch)
-    if refine_noise is not None:
-      refine_noise = distribute.replica_rows(refine_noise, batch, axis=2)  # [K, S, B/R, D]
-    grads, terms = self._compiled_gradients(x, num_active, trainable_from, noise, refine_noise)
+    noise = {k: distribute.replica_rows(v, batch, axis=self.method.noise_batch_axes[k])
+             for k, v in self._noise(x, step, batch).items()}  # e.g. z: [S, B/R, M, D]
+    grads, terms = self._compiled_gradients(x, num_active, trainable_from, noise)
     return self._apply(grads, terms, self._frozen(trainable_from))
 
   def _distributed_train_steps(self, iterator, num_steps, num_active, trainable_from):
@@ -533,9 +361,8 @@ class Trainer:
         var.assign(value)
 
   def num_parameters(self, encoder_only: bool = False) -> int:
-    """Trainable parameters of the posterior (encoders, flow) and, unless encoder_only, the decoder."""
-    layers = [self.encoder] + ([self.flow] if self.flow is not None else [])
-    return networks.count_parameters(*layers, *([] if encoder_only else [self.decoder]))
+    """Trainable parameters of the posterior (encoders, extra parts) and, unless encoder_only, the decoder."""
+    return self.method.num_parameters(encoder_only)
 
   def trainable_from(self) -> int:
     """Components below this index are frozen (freeze_earlier only)."""
@@ -888,8 +715,7 @@ def _train(cfg: config_lib.Config, workdir: str, preemption: _PreemptionGuard,
   # XLA-compile) the validation step every epoch.
   # savae / vae_svi are validated (and selected) with their refined posterior.
   # Under a strategy, sharded across the replicas (float64 sums, reduced exactly).
-  valid_evaluator = likelihood.Evaluator(trainer.encoder, trainer.decoder, xla=cfg.xla,
-                                         refine=trainer.refine, flow=trainer.flow,
+  valid_evaluator = likelihood.Evaluator(trainer.method, xla=cfg.xla,
                                          strategy=dist.strategy if dist.distributed else None)
   ll_images = splits.valid[:cfg.valid_log_likelihood_examples]
   valid_ll_ds = (data_lib.make_eval_dataset(ll_images, batch_size=cfg.eval_batch_size,
@@ -978,9 +804,8 @@ def _train(cfg: config_lib.Config, workdir: str, preemption: _PreemptionGuard,
     completed = step == epoch_end
     is_best = False
     if completed and ((epoch + 1) % cfg.validation_every == 0 or epoch + 1 == cfg.epochs):
-      val = likelihood.evaluate_elbo(trainer.encoder, trainer.decoder, valid_ds,
-                                     trainer.num_active.read_value(), seed=cfg.seed + 2,
-                                     evaluator=valid_evaluator)
+      val = likelihood.evaluate_elbo(valid_evaluator, valid_ds, trainer.num_active.read_value(),
+                                     seed=cfg.seed + 2)
       entry['valid_mixture_elbo'] = val['mixture_elbo']
       if not math.isfinite(val['mixture_elbo']):
         raise errors.TrainingDiverged(
@@ -998,7 +823,7 @@ def _train(cfg: config_lib.Config, workdir: str, preemption: _PreemptionGuard,
       entry['valid_log_likelihood'] = likelihood.mean_log_likelihood(
           valid_evaluator, valid_ll_ds, trainer.num_active.read_value(),
           num_samples=cfg.valid_log_likelihood_samples, chunk=cfg.eval_chunk,
-          seed=cfg.seed + 4)[0]
+          seed=cfg.seed + 4).mean
     with writer.as_default(step=step):
       tf.summary.scalar('train/mixture_elbo', entry['train_mixture_elbo'])
       tf.summary.scalar('train/weight_entropy', entry['weight_entropy'])
