@@ -46,8 +46,8 @@ def main(argv):
   cfg = common.config_from_flags()
   common.check_data_dir(cfg.data_dir, cfg.dataset)
   config_lib.check_workdir(FLAGS.workdir)  # before TensorFlow loads
-  from rec_vae_tf.training import trainer  # pylint: disable=g-import-not-at-top  (TF loads after validation)
-  result = trainer.train(cfg, FLAGS.workdir, log=common.log)
+  from rec_vae_tf.training import loop  # pylint: disable=g-import-not-at-top  (TF loads after validation)
+  result = loop.train(cfg, FLAGS.workdir, log=common.log)
   best = result.trainer.best_validation.numpy()
   if result.ran_steps == 0:
     common.log(f'{FLAGS.workdir} is already finished ({result.steps} steps); nothing to do')

@@ -1,14 +1,14 @@
 """Issue 5 end to end: one epoch on a fixture of each kind, evaluated and exported.
 
 The three kinds, each through the loader and networks its Config selects
-(`rec_vae_tf.models.builders`, which `trainer.train` uses when given none):
+(`rec_vae_tf.models.builders`, which `loop.train` uses when given none):
 
   binary dense   binarized_mnist (.amat files), network small, binarization fixed
   binary conv    fashion_mnist (gzipped IDX files), network conv_small, dynamic
   colour conv    svhn (tensorflow-datasets, mocked by tfds.testing.mock_data),
                  network conv_small, binarization none (pixel values 0..255)
 
-Each trains one epoch on a handful of images with `trainer.train`, is
+Each trains one epoch on a handful of images with `loop.train`, is
 evaluated with `likelihood.evaluate` (finite nats; bits/dim = -nats / (P ln 2))
 and exported with `export.export_saved_model`, whose encode signature is then
 run from the loaded SavedModel. Also: invalid dataset / network / binarization
@@ -39,7 +39,7 @@ from rec_vae_tf import errors
 from rec_vae_tf.experiments import experiment
 from rec_vae_tf.serving import export as export_lib
 from rec_vae_tf.evaluation import likelihood
-from rec_vae_tf.training import trainer as trainer_lib
+from rec_vae_tf.training import loop as loop_lib
 
 M, D, B, K = 2, 3, 4, 4
 SIDE = 28
@@ -96,10 +96,10 @@ def test_one_epoch_trains_evaluates_and_exports(kind, tmp_path):
   lines = []
   if dataset == 'svhn':  # 12 random 32x32x3 images per split, no download
     with tfds.testing.mock_data(num_examples=12):
-      result = trainer_lib.train(cfg, str(tmp_path / 'run'), load_data=load_data,
-                                 log=lines.append)
+      result = loop_lib.train(cfg, str(tmp_path / 'run'), load_data=load_data,
+                              log=lines.append)
   else:
-    result = trainer_lib.train(cfg, str(tmp_path / 'run'), load_data=load_data, log=lines.append)
+    result = loop_lib.train(cfg, str(tmp_path / 'run'), load_data=load_data, log=lines.append)
   tr = result.trainer
   spec = catalog.SPECS[dataset]
   num_pixels = spec.num_pixels

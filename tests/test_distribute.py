@@ -151,7 +151,7 @@ def _mirrored_vs_default(out_path):
   from rec_vae_tf.data import sources as data_sources  # pylint: disable=g-import-not-at-top
   from rec_vae_tf.evaluation import likelihood  # pylint: disable=g-import-not-at-top
   from rec_vae_tf.models import networks  # pylint: disable=g-import-not-at-top
-  from rec_vae_tf.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.training import loop as loop_lib  # pylint: disable=g-import-not-at-top
   import tempfile  # pylint: disable=g-import-not-at-top
 
   pixels = 12
@@ -181,8 +181,8 @@ def _mirrored_vs_default(out_path):
           latent_dim=2, epochs=2, epochs_per_component=1.0, batch_size=4, eval_batch_size=5,
           learning_rate=1e-2, seed=1, strategy=strategy, **changes).validate()
       workdir = workdirs[name, strategy] = tempfile.mkdtemp()
-      result = trainer_lib.train(cfg, workdir, load_data=load_data, make_networks=tiny_networks,
-                                 log=lambda line: None)
+      result = loop_lib.train(cfg, workdir, load_data=load_data, make_networks=tiny_networks,
+                              log=lambda line: None)
       tr = result.trainer
       test = data_lib.make_eval_dataset(load_data(None).test, batch_size=5, seed=0)
       evaluation = likelihood.evaluate(
@@ -200,15 +200,15 @@ def _mirrored_vs_default(out_path):
     report[name] = runs
   # A finished default run reopened under mirrored: the strategy may change between runs.
   cfg = config_lib.Config.load(config_lib.config_path(workdirs['savae', 'default']))
-  again = trainer_lib.train(cfg.replace(strategy='mirrored'), workdirs['savae', 'default'],
-                            load_data=load_data, make_networks=tiny_networks,
-                            log=lambda line: None)
+  again = loop_lib.train(cfg.replace(strategy='mirrored'), workdirs['savae', 'default'],
+                         load_data=load_data, make_networks=tiny_networks,
+                         log=lambda line: None)
   report['reopened'] = {'steps': again.steps, 'ran_steps': again.ran_steps}
   # A global batch the 2 replicas cannot split evenly: one line, nothing written.
   odd = tempfile.mkdtemp()
   try:
-    trainer_lib.train(cfg.replace(strategy='mirrored', batch_size=3), odd, load_data=load_data,
-                      make_networks=tiny_networks, log=lambda line: None)
+    loop_lib.train(cfg.replace(strategy='mirrored', batch_size=3), odd, load_data=load_data,
+                   make_networks=tiny_networks, log=lambda line: None)
     report['odd_batch'] = None
   except errors.UserError as e:
     report['odd_batch'] = [str(e), sorted(os.listdir(odd))]
@@ -284,12 +284,12 @@ def worker_data(tmp_path_factory):
 def reference_params(worker_data, tmp_path_factory):
   """The last checkpoint's values of the same config under `default`, run in this process."""
   from rec_vae_tf.data import sources as data_sources  # pylint: disable=g-import-not-at-top
-  from rec_vae_tf.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.training import loop as loop_lib  # pylint: disable=g-import-not-at-top
   cfg = config_lib.Config(method='rme', num_components=2, epochs=EPOCHS, epochs_per_component=2,
                           batch_size=8, latent_dim=3, num_importance_samples=5, xla=False,
                           data_dir=worker_data).validate()
   workdir = str(tmp_path_factory.mktemp('reference') / 'run')
-  trainer_lib.train(cfg, workdir, load_data=data_sources.load_mnist, log=lambda line: None)
+  loop_lib.train(cfg, workdir, load_data=data_sources.load_mnist, log=lambda line: None)
   return _checkpoint_values(workdir)
 
 
@@ -461,12 +461,13 @@ def test_two_workers_evaluate_like_one_device(worker_data, tmp_path):
   from rec_vae_tf.data import pipeline as data_lib  # pylint: disable=g-import-not-at-top
   from rec_vae_tf.data import sources as data_sources  # pylint: disable=g-import-not-at-top
   from rec_vae_tf.evaluation import likelihood  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.training import loop as loop_lib  # pylint: disable=g-import-not-at-top
   from rec_vae_tf.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
   cfg = config_lib.Config(method='rme', num_components=2, epochs=2, epochs_per_component=1,
                           batch_size=8, latent_dim=3, num_importance_samples=5, xla=False,
                           eval_batch_size=5, data_dir=worker_data).validate()
   workdir = str(tmp_path / 'run')
-  trainer_lib.train(cfg, workdir, load_data=data_sources.load_mnist, log=lambda line: None)
+  loop_lib.train(cfg, workdir, load_data=data_sources.load_mnist, log=lambda line: None)
   # 12 test images in batches of 5, 5, 2: the last leaves one row per worker.
   workers = _Workers(workdir, worker_data, tmp_path, 'evaluate', launcher='evaluate',
                      flags=['--num_importance_samples=20', '--strategy=multi_worker'])

@@ -3,7 +3,7 @@
 In-process tests use the tiny data and networks of tests/test_trainer.py (12
 pixels, 6 steps per epoch). The subprocess tests run the real launch/train.py
 on a tiny MNIST-shaped npz with 110 steps per epoch, so that a chunk of at most
-trainer.MAX_CHUNK_STEPS = 100 steps can end inside an epoch.
+loop.MAX_CHUNK_STEPS = 100 steps can end inside an epoch.
 """
 import errno
 import json
@@ -25,6 +25,8 @@ from rec_vae_tf.data import sources as data_sources
 from rec_vae_tf import errors
 from rec_vae_tf.models import networks
 from rec_vae_tf.training import trainer as trainer_lib
+from rec_vae_tf.training import loop as loop_lib
+from rec_vae_tf.training import runstate
 
 P = 12  # pixels
 N_TRAIN, BATCH = 24, 4  # 6 steps per epoch
@@ -52,8 +54,8 @@ def _cfg(**kw):
 
 
 def _train(cfg, workdir, log=lambda s: None, **kw):
-  return trainer_lib.train(cfg, str(workdir), load_data=_load_data, make_networks=_tiny_networks,
-                           log=log, **kw)
+  return loop_lib.train(cfg, str(workdir), load_data=_load_data, make_networks=_tiny_networks,
+                        log=log, **kw)
 
 
 def _checkpoint_values(path):
@@ -70,7 +72,8 @@ def _assert_same_values(a, b):
 
 
 def _without_times(history):
-  return [{k: v for k, v in h.items() if k != 'epoch_seconds'} for h in history]
+  return [{k: v for k, v in h.items() if k not in ('epoch_seconds', 'train_seconds')}
+          for h in history]
 
 
 def _read_json(path):
@@ -79,7 +82,7 @@ def _read_json(path):
 
 
 def _ckpt_dir(workdir):
-  return os.path.join(str(workdir), trainer_lib.CHECKPOINT_DIR)
+  return os.path.join(str(workdir), runstate.CHECKPOINT_DIR)
 
 
 # ------------------------------------------------------------------ config
@@ -105,7 +108,7 @@ def test_deterministic_is_a_validated_config_field(tmp_path):
 ])
 def test_sigterm_saves_and_a_rerun_matches_an_uninterrupted_run(
     trigger, stopped_at, partial, tmp_path, monkeypatch):
-  monkeypatch.setattr(trainer_lib, 'MAX_CHUNK_STEPS', 4)  # chunks end inside 6-step epochs
+  monkeypatch.setattr(loop_lib, 'MAX_CHUNK_STEPS', 4)  # chunks end inside 6-step epochs
   cfg = _cfg()
   full = _train(cfg, tmp_path / 'full')
   full_values = _checkpoint_values(tf.train.latest_checkpoint(_ckpt_dir(tmp_path / 'full')))
@@ -131,7 +134,7 @@ def test_sigterm_saves_and_a_rerun_matches_an_uninterrupted_run(
                           'rerun the same command to resume')
   assert e.value.step == stopped_at and not isinstance(e.value, errors.UserError)
   assert tf.train.latest_checkpoint(_ckpt_dir(tmp_path / 'run')) == ckpt
-  partial_file = tmp_path / 'run' / trainer_lib.PARTIAL_EPOCH_FILE
+  partial_file = tmp_path / 'run' / runstate.PARTIAL_EPOCH_FILE
   assert partial_file.exists() == partial
   # The history holds finished epochs only; the interrupted one's sums wait in the file.
   assert [h['step'] for h in _read_json(tmp_path / 'run' / 'history.json')] == [6]
@@ -146,7 +149,7 @@ def test_sigterm_saves_and_a_rerun_matches_an_uninterrupted_run(
 
 
 def test_chunks_end_at_multiples_of_the_cap(tmp_path, monkeypatch):
-  monkeypatch.setattr(trainer_lib, 'MAX_CHUNK_STEPS', 4)
+  monkeypatch.setattr(loop_lib, 'MAX_CHUNK_STEPS', 4)
   sizes = []
 
   class Spy(trainer_lib.Trainer):
@@ -253,7 +256,7 @@ def test_evaluation_restores_skip_a_corrupt_latest_and_refuse_a_corrupt_best(
                                                    log=lines.append)
   assert path.endswith('ckpt-6') and int(tr.step.numpy()) == 6
   assert len(lines) == 1 and lines[0].startswith('warning: checkpoint ')
-  best = tf.train.latest_checkpoint(str(workdir / trainer_lib.BEST_DIR))
+  best = tf.train.latest_checkpoint(str(workdir / runstate.BEST_DIR))
   _corrupt(best, 'truncated data')
   with pytest.raises(errors.UserError, match=r'^checkpoint .*best/ckpt-\d+ is unreadable \(') as e:
     trainer_lib.restore_for_evaluation(str(workdir), make_networks=_tiny_networks, num_pixels=P)
@@ -270,7 +273,7 @@ def _files(workdir):
 
 def test_full_disk_fails_before_training(tmp_path, monkeypatch):
   free = 2 << 20
-  monkeypatch.setattr(trainer_lib.shutil, 'disk_usage',
+  monkeypatch.setattr(runstate.shutil, 'disk_usage',
                       lambda path: type('Usage', (), {'total': 1 << 30, 'used': 0, 'free': free}))
   with pytest.raises(errors.UserError) as e:
     _train(_cfg(), tmp_path / 'run')

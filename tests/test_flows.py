@@ -11,6 +11,7 @@ from rec_vae_tf.evaluation import likelihood
 from rec_vae_tf.models import networks
 from rec_vae_tf.methods import objective
 from rec_vae_tf.training import trainer as trainer_lib
+from rec_vae_tf.training import loop as loop_lib
 from tests.conftest import B, D, S
 
 H = 6  # context features
@@ -61,6 +62,8 @@ def test_identity_flow_leaves_the_gaussian_posterior_unchanged():
   gaussian = objective.rme_terms(log_p, loc, scale, tf.zeros([B, 1]), noise, tf.constant(1),
                                  kl_weight=0.0, prior_floor=0.0)
   for a, b in zip(with_flow, gaussian):
+    if a is None and b is None:  # optional terms (mixture_iw, iwae_dreg) neither computes
+      continue
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
 
 
@@ -145,8 +148,8 @@ def test_flow_step_trains_encoder_flow_and_decoder_on_the_flow_elbo(method, tmp_
 @pytest.mark.parametrize('method', flows.FLOW_METHODS)
 def test_flow_run_trains_checkpoints_and_evaluates_with_its_flow(method, tmp_path):
   cfg = _cfg(method)
-  result = trainer_lib.train(cfg, str(tmp_path), load_data=_load_data,
-                             make_networks=_tiny_networks, log=lambda s: None)
+  result = loop_lib.train(cfg, str(tmp_path), load_data=_load_data,
+                          make_networks=_tiny_networks, log=lambda s: None)
   tr = result.trainer
   flow_values = [v.numpy() for v in tr.method.flow.variables]
   assert any(np.abs(v).max() > 0 for v in flow_values)

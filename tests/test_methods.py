@@ -17,7 +17,7 @@ from rec_vae_tf.evaluation import likelihood
 from rec_vae_tf.methods import base
 from rec_vae_tf.models import networks
 from rec_vae_tf.serving import export as export_lib
-from rec_vae_tf.training import trainer as trainer_lib
+from rec_vae_tf.training import loop as loop_lib
 
 P = 12
 K, CHUNK = 7, 3  # two full chunks and a remainder
@@ -54,8 +54,8 @@ def test_every_config_method_is_registered_with_an_interface_class():
 @pytest.mark.parametrize('method', sorted(methods.SPECS))
 def test_the_export_serves_the_trained_posterior(method, tmp_path):
   cfg = _cfg(method)
-  result = trainer_lib.train(cfg, str(tmp_path / 'run'), load_data=_load_data,
-                             make_networks=_tiny_networks, log=lambda s: None)
+  result = loop_lib.train(cfg, str(tmp_path / 'run'), load_data=_load_data,
+                          make_networks=_tiny_networks, log=lambda s: None)
   tr = result.trainer
   dataset = data_lib.make_eval_dataset(result.splits.test, batch_size=N_TEST, seed=0,
                                        binarization=cfg.binarization)

@@ -10,10 +10,13 @@ from rec_vae_tf import config as config_lib
 from rec_vae_tf.data import pipeline as data_lib
 from rec_vae_tf.data import sources as data_sources
 from rec_vae_tf import errors
+from rec_vae_tf.evaluation import likelihood
 from rec_vae_tf.models import networks
 from rec_vae_tf.methods import objective
 from rec_vae_tf.methods import semi_amortized
 from rec_vae_tf.training import trainer as trainer_lib
+from rec_vae_tf.training import loop as loop_lib
+from rec_vae_tf.training import runstate
 
 P = 12  # pixels
 N_TRAIN, BATCH = 24, 4  # 6 steps per epoch
@@ -56,8 +59,8 @@ def _cfg(**kw):
 
 
 def _train(cfg, workdir, **kw):
-  return trainer_lib.train(cfg, str(workdir), load_data=_load_data, make_networks=_tiny_networks,
-                           log=lambda s: None, **kw)
+  return loop_lib.train(cfg, str(workdir), load_data=_load_data, make_networks=_tiny_networks,
+                        log=lambda s: None, **kw)
 
 
 def _values(trainer):
@@ -76,12 +79,12 @@ def test_two_stages_then_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
   cfg = _cfg()
   full = _train(cfg, tmp_path / 'full')
   assert full.steps == 18
-  assert int(full.trainer.step.numpy()) == full.trainer._best_step.numpy()  # selected at the end
+  assert int(full.trainer.step.numpy()) == full.trainer.best_step.numpy()  # selected at the end
   assert [h['num_active'] for h in full.history] == [1, 2, 3]
 
   part = _train(cfg, tmp_path / 'part', stop_after_steps=8)  # mid-epoch, in stage 2
   assert part.steps == 8 and int(part.trainer.num_active.numpy()) == 2
-  ckpt = tf.train.latest_checkpoint(str(tmp_path / 'part' / trainer_lib.CHECKPOINT_DIR))
+  ckpt = tf.train.latest_checkpoint(str(tmp_path / 'part' / runstate.CHECKPOINT_DIR))
   assert ckpt.endswith('-8')
   resumed = _train(cfg, tmp_path / 'part')  # a fresh Trainer, as after a crash
   assert resumed.steps == 18 and int(resumed.trainer.num_active.numpy()) == 3
@@ -207,13 +210,13 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
   _PoisonDecoder.poison = tf.Variable(0.0, trainable=False)
   make = _with_decoder(_PoisonDecoder)
   cfg = _cfg()
-  trainer_lib.train(cfg, str(tmp_path), load_data=_load_data, make_networks=make,
-                    log=lambda s: None, stop_after_steps=6)
+  loop_lib.train(cfg, str(tmp_path), load_data=_load_data, make_networks=make,
+                 log=lambda s: None, stop_after_steps=6)
   _PoisonDecoder.poison.assign(1.0)
   with pytest.raises(errors.TrainingDiverged, match='non-finite.*ckpt-6'):
-    trainer_lib.train(cfg, str(tmp_path), load_data=_load_data, make_networks=make,
-                      log=lambda s: None)
-  ckpt_dir = str(tmp_path / trainer_lib.CHECKPOINT_DIR)
+    loop_lib.train(cfg, str(tmp_path), load_data=_load_data, make_networks=make,
+                   log=lambda s: None)
+  ckpt_dir = str(tmp_path / runstate.CHECKPOINT_DIR)
   assert tf.train.latest_checkpoint(ckpt_dir).endswith('-6')
   for name, _ in tf.train.list_variables(ckpt_dir):
     if 'VARIABLE_VALUE' in name and ('encoder' in name or 'decoder' in name):
@@ -238,14 +241,14 @@ def test_non_finite_parameters_under_a_finite_loss_are_caught_before_saving(tmp_
   _NanGradientDecoder.poison = tf.Variable(0.0, trainable=False)
   make = _with_decoder(_NanGradientDecoder)
   cfg = _cfg()
-  trainer_lib.train(cfg, str(tmp_path), load_data=_load_data, make_networks=make,
-                    log=lambda s: None, stop_after_steps=6)
+  loop_lib.train(cfg, str(tmp_path), load_data=_load_data, make_networks=make,
+                 log=lambda s: None, stop_after_steps=6)
   _NanGradientDecoder.poison.assign(1.0)
   # One step: its metrics are computed before the update and stay finite.
   with pytest.raises(errors.TrainingDiverged, match='non-finite parameters.*ckpt-6'):
-    trainer_lib.train(cfg, str(tmp_path), load_data=_load_data, make_networks=make,
-                      log=lambda s: None, stop_after_steps=7)
-  assert tf.train.latest_checkpoint(str(tmp_path / trainer_lib.CHECKPOINT_DIR)).endswith('-6')
+    loop_lib.train(cfg, str(tmp_path), load_data=_load_data, make_networks=make,
+                   log=lambda s: None, stop_after_steps=7)
+  assert tf.train.latest_checkpoint(str(tmp_path / runstate.CHECKPOINT_DIR)).endswith('-6')
 
 
 def test_mixed_precision_trains_and_checkpoints_float32_variables(tmp_path):
@@ -255,11 +258,11 @@ def test_mixed_precision_trains_and_checkpoints_float32_variables(tmp_path):
     return networks.build_networks(num_components, (8,), latent_dim, eps_mode, seed, num_pixels,
                                    mixed_precision=mixed_precision)
 
-  result = trainer_lib.train(_cfg(epochs=1, mixed_precision=True), str(tmp_path),
-                             load_data=_load_data, make_networks=make, log=lambda s: None)
+  result = loop_lib.train(_cfg(epochs=1, mixed_precision=True), str(tmp_path),
+                          load_data=_load_data, make_networks=make, log=lambda s: None)
   assert result.trainer.encoder.trunk[0].compute_dtype == 'bfloat16'
   assert np.isfinite(result.history[-1]['train_mixture_elbo'])
-  ckpt_dir = str(tmp_path / trainer_lib.CHECKPOINT_DIR)
+  ckpt_dir = str(tmp_path / runstate.CHECKPOINT_DIR)
   dtypes = {tf.train.load_variable(ckpt_dir, name).dtype for name, _ in tf.train.list_variables(ckpt_dir)
             if 'VARIABLE_VALUE' in name and 'encoder' in name}
   assert dtypes == {np.dtype('float32')}
@@ -387,12 +390,12 @@ def test_validation_log_likelihood_is_recorded_without_changing_training(tmp_pat
                      if k not in ('epoch_seconds', 'train_seconds', 'valid_log_likelihood')}
   assert [strip(h) for h in plain.history] == [strip(h) for h in measured.history]
   # The estimate is the Evaluator's, on the first 5 validation images with K = 3.
-  ev = trainer_lib.likelihood.Evaluator(measured.trainer.method, xla=False)
+  ev = likelihood.Evaluator(measured.trainer.method, xla=False)
   ds = data_lib.make_eval_dataset(measured.splits.valid[:5], batch_size=4, seed=cfg.seed + 3,
                                   binarization=cfg.binarization)
-  want = trainer_lib.likelihood.mean_log_likelihood(ev, ds, measured.trainer.num_active,
-                                                    num_samples=3, chunk=cfg.eval_chunk,
-                                                    seed=cfg.seed + 4).mean
+  want = likelihood.mean_log_likelihood(ev, ds, measured.trainer.num_active,
+                                        num_samples=3, chunk=cfg.eval_chunk,
+                                        seed=cfg.seed + 4).mean
   assert lls[-1] == pytest.approx(want, rel=1e-6)
 
 

@@ -196,6 +196,30 @@ def make_train_dataset(images,
   Raises:
     ConfigError: an argument is invalid, or N < B so the epoch would be empty.
   """
+  images, num_batches = _check_train_arguments(images, batch_size, seed, epoch,
+                                               binarization, skip_batches, slices)
+  num_examples = images.shape[0]
+  epoch_seed = _seed(seed, _TRAIN_STREAM, epoch)
+  order = tf.random.experimental.stateless_shuffle(
+      tf.range(num_examples, dtype=tf.int64),
+      seed=tf.random.experimental.stateless_fold_in(
+          epoch_seed, tf.constant(_SHUFFLE_STREAM, tf.int64)))  # [N]
+  batch_indices = tf.reshape(order[:num_batches * batch_size],
+                             [num_batches, batch_size])  # [num_batches, B]
+  make_batch = _train_batch_fn(images, seed, epoch_seed, binarization,
+                               batch_indices)
+
+  dataset = tf.data.Dataset.range(skip_batches, num_batches)  # int64 i.
+  dataset = dataset.map(
+      make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if slices is not None:
+    dataset = _replica_blocks(dataset, batch_size, slices)
+  return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _check_train_arguments(images, batch_size, seed, epoch, binarization,
+                           skip_batches, slices):
+  """`make_train_dataset`'s checks; returns (images as an ndarray, batches per epoch)."""
   images = _check_images(images)
   _check_seed(seed)
   sources.check_count("epoch", epoch, 0)
@@ -219,15 +243,11 @@ def make_train_dataset(images,
           f"slices={slices} is invalid; allowed: (first, count, num_slices) with "
           f"num_slices dividing batch_size={batch_size} and first + count <= "
           "num_slices")
+  return images, num_batches
 
-  epoch_seed = _seed(seed, _TRAIN_STREAM, epoch)
-  order = tf.random.experimental.stateless_shuffle(
-      tf.range(num_examples, dtype=tf.int64),
-      seed=tf.random.experimental.stateless_fold_in(
-          epoch_seed, tf.constant(_SHUFFLE_STREAM, tf.int64)))  # [N]
-  batch_indices = tf.reshape(order[:num_batches * batch_size],
-                             [num_batches, batch_size])  # [num_batches, B]
 
+def _train_batch_fn(images, seed, epoch_seed, binarization, batch_indices):
+  """i -> training batch i [B, D] of the epoch whose seed is `epoch_seed`."""
   if binarization == "static":
     # One draw per image, shared by all epochs; kept as uint8 to save memory.
     fixed = tf.cast(binarize(images, _seed(seed, _STATIC_STREAM)),
@@ -248,17 +268,17 @@ def make_train_dataset(images,
     def make_batch(i):
       batch_seed = tf.random.experimental.stateless_fold_in(noise_seed, i)
       return binarize(tf.gather(pixels, batch_indices[i]), batch_seed)  # [B, D]
+  return make_batch
 
-  dataset = tf.data.Dataset.range(skip_batches, num_batches)  # int64 i.
+
+def _replica_blocks(dataset, batch_size, slices):
+  """Blocks first .. first + count - 1 of each batch, one element per block (`slices`)."""
+  first, count, num_slices = slices
+  rows = batch_size // num_slices
   dataset = dataset.map(
-      make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  if slices is not None:
-    rows = batch_size // num_slices
-    dataset = dataset.map(
-        lambda batch: tf.reshape(batch[first * rows:(first + count) * rows],
-                                 [count, rows, batch.shape[-1]]))  # [count, B / num_slices, D]
-    dataset = dataset.unbatch()  # [B / num_slices, D] per element
-  return dataset.prefetch(tf.data.AUTOTUNE)
+      lambda batch: tf.reshape(batch[first * rows:(first + count) * rows],
+                               [count, rows, batch.shape[-1]]))  # [count, B / num_slices, D]
+  return dataset.unbatch()  # [B / num_slices, D] per element
 
 
 def make_eval_dataset(images, *, batch_size, seed, binarization="dynamic"):

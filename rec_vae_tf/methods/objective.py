@@ -52,6 +52,31 @@ def boosted_entropy_weights(num_components: int):
   return tf.constant([1.0 / math.sqrt(m + 1) for m in range(num_components)], tf.float32)
 
 
+def _component_objectives(log_p_x_given_z, log_p_z, log_q_own, log_q_prev, kl_weight,
+                          prior_floor, component_objective, num_components, dtype):
+  """`rme_terms`' per-component terms: (log p(x, z), ELBO_m, J_m), each [S, B, M].
+
+  log_q_prev is log Q_{m-1} of the (stopped) predecessor mixture, floored here
+  by the prior when prior_floor > 0; the first component's J_1 is its ELBO.
+  """
+  if prior_floor > 0:
+    log_q_prev = tf.reduce_logsumexp(tf.stack([
+        math.log1p(-prior_floor) + log_q_prev,
+        math.log(prior_floor) + log_p_z], axis=0), axis=0)  # [S, B, M]
+  log_joint = log_p_x_given_z + log_p_z  # [S, B, M]
+  elbo_m = log_joint - log_q_own  # [S, B, M]
+  first = tf.cast(tf.range(num_components) == 0, dtype)  # [M]
+  if component_objective == 'kl':
+    j_m = log_joint - (1.0 - kl_weight) * log_q_own - kl_weight * log_q_prev  # [S, B, M]
+  elif component_objective == 'entropy':
+    entropy_weight = tf.cast(boosted_entropy_weights(num_components), dtype)  # [M]
+    j_m = log_joint - entropy_weight * log_q_own - log_q_prev  # [S, B, M]
+  else:
+    raise ValueError(f'unknown component_objective {component_objective!r}')
+  j_m = first * elbo_m + (1.0 - first) * j_m
+  return log_joint, elbo_m, j_m
+
+
 def rme_terms(
     log_p_x_given_z_fn: Callable[[tf.Tensor], tf.Tensor],
     loc: tf.Tensor,
@@ -109,21 +134,9 @@ def rme_terms(
   # Component objectives J_m against the stopped predecessor mixture.
   log_w_prev = posterior.predecessor_log_weights(tf.stop_gradient(eps_logit))  # [B, M_i, M_m]
   log_q_prev = posterior.mixture_log_prob(log_w_prev, table)  # [S, B, M]
-  if prior_floor > 0:
-    log_q_prev = tf.reduce_logsumexp(tf.stack([
-        math.log1p(-prior_floor) + log_q_prev,
-        math.log(prior_floor) + log_p_z], axis=0), axis=0)  # [S, B, M]
-  log_joint = log_p_x_given_z + log_p_z  # [S, B, M]
-  elbo_m = log_joint - log_q_own  # [S, B, M]
-  first = tf.cast(tf.range(num_components) == 0, loc.dtype)  # [M]
-  if component_objective == 'kl':
-    j_m = log_joint - (1.0 - kl_weight) * log_q_own - kl_weight * log_q_prev  # [S, B, M]
-  elif component_objective == 'entropy':
-    entropy_weight = tf.cast(boosted_entropy_weights(num_components), loc.dtype)  # [M]
-    j_m = log_joint - entropy_weight * log_q_own - log_q_prev  # [S, B, M]
-  else:
-    raise ValueError(f'unknown component_objective {component_objective!r}')
-  j_m = first * elbo_m + (1.0 - first) * j_m
+  log_joint, elbo_m, j_m = _component_objectives(
+      log_p_x_given_z, log_p_z, log_q_own, log_q_prev, kl_weight, prior_floor,
+      component_objective, num_components, loc.dtype)  # [S, B, M] each
 
   # Stratified mixture bound over the active components.
   log_alpha = posterior.recursive_log_weights(eps_logit, num_active)  # [B, M]

@@ -2,7 +2,7 @@
 
 `Config.dataset` names a dataset of `rec_vae_tf.datasets` and `Config.network`
 a network size; this module turns them into the two factories the trainer
-takes (`trainer.train(load_data=..., make_networks=...)`), which use these when
+takes (`loop.train(load_data=..., make_networks=...)`), which use these when
 the caller passes none:
 
   dataset -> load_data(data_dir, train_examples=None) -> data.Splits
