@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the Bazel test suite offline with Debian's bazel-bootstrap (Bazel 4.2.3).
 # Expects the project venv at ./.venv (created by ./test.sh). Extra arguments
-# are passed to `bazel test` (default target pattern: //...).
+# are passed to `bazel test` (default target pattern: //...). With --build_all
+# first, every target (libraries, launchers, tests) is built before the tests run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,10 @@ fi
 # .bazelrc passes PATH to tests, so Bazel's python3 is the venv's.
 export PATH="$(pwd)/.venv/bin:${PATH}"
 
+if [ "${1:-}" = "--build_all" ]; then
+  shift
+  bazel build //... || exit $?
+fi
 if [ "$#" -eq 0 ]; then set -- //...; fi
 bazel test "$@"
 exit $?

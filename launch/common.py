@@ -52,6 +52,23 @@ def define_config_flags() -> None:
                        'iaf and hf: number of IAF steps or Householder reflections.')
   flags.DEFINE_integer('flow_hidden_units', d.flow_hidden_units,
                        'iaf: hidden units of each step\'s autoregressive (MADE) network.')
+  flags.DEFINE_string('mixture_bound', d.mixture_bound,
+                      'rme, vae, boosted, mixture: the bound the decoder and mixing weights train '
+                      'on: elbo (the stratified mixture ELBO) or iw (the importance-weighted '
+                      'mixture bound over the same samples; mixture with iw is SIWAE).')
+  flags.DEFINE_boolean('bound_to_encoders', d.bound_to_encoders,
+                       'rme, boosted: the encoders also get the mixture bound\'s gradient, on top '
+                       'of their component objectives J_m.')
+  flags.DEFINE_boolean('dreg', d.dreg,
+                       'iwae: the encoder\'s gradient by DReG (doubly reparameterized, Tucker et '
+                       'al. 2019) instead of the bound\'s own.')
+  flags.DEFINE_integer('valid_log_likelihood_every', d.valid_log_likelihood_every,
+                       'Time-to-quality: every N epochs (0: never) record the importance-sampled '
+                       'validation log p(x) in history.json (measurement only).')
+  flags.DEFINE_integer('valid_log_likelihood_examples', d.valid_log_likelihood_examples,
+                       'Validation images of that measurement (the first N).')
+  flags.DEFINE_integer('valid_log_likelihood_samples', d.valid_log_likelihood_samples,
+                       'K of that measurement.')
   flags.DEFINE_float('kl_weight', d.kl_weight,
                      'lambda in [0, 1): weight of KL(q_m || Q_{m-1}) in the component objective.')
   flags.DEFINE_float('prior_floor', d.prior_floor,

@@ -27,10 +27,22 @@ Presets:
   paper  200 epochs, a new component every 20 epochs, seeds 0, 1, 2, M in
          1, 2, 3, 4, 6, 8, K = 5000 on all 10,000 test images.
   long   the 200-epoch comparison for this CPU: vae, vae_matched, iwae, rme,
-         iaf (seeds 0 and 1) and savae (seed 0, run last), M = 4, a new
-         component every 20 epochs, K = 5000 on all 10,000 test images, and
-         validation log p(x) (K = 100, 1,000 images) every 10 epochs in each
-         run's history.json (time-to-quality).
+         iaf, rme_iw, mixture_iw, iwae_dreg (seeds 0 and 1) and savae (seed 0,
+         run last), M = 4, a new component every 20 epochs, K = 5000 on all
+         10,000 test images (plain and stratified estimates, standard errors),
+         and validation log p(x) (K = 100, 1,000 images) every 10 epochs in
+         each run's history.json (time-to-quality).
+  compare40  the importance-weighted methods at the main job's length (40
+         epochs, a component every 3): rme, rme_iw, mixture_iw (SIWAE), iwae,
+         iwae_dreg, vae_matched, iaf, savae; seeds 0-2; K = 1000 on all test
+         images (plain and stratified); validation log p(x) every 2 epochs.
+
+Methods also include rme_iw (RME whose decoder and weights train on the
+importance-weighted mixture bound), mixture_iw (SIWAE) and iwae_dreg (IWAE
+with DReG encoder gradients). Besides the tables, the grid draws validation
+log p(x) against epochs and against training seconds for every method
+(valid_ll_vs_epochs.png, valid_ll_vs_seconds.png) from the runs' history.json,
+when the preset records it.
 
 Writes into --workdir: cells.json, cells.csv (every cell), table.md (mean ±
 std over seeds) or ablation.md and ablation_cells.json/.csv, ll_vs_components.png, ll_vs_inference_time.png,
@@ -46,7 +58,7 @@ from absl import flags
 
 from launch import common
 
-flags.DEFINE_string('preset', 'quick', 'Grid and training length: quick, paper or long.')
+flags.DEFINE_string('preset', 'quick', 'Grid and training length: quick, paper, long or compare40.')
 flags.DEFINE_string('workdir', 'runs/reproduce', 'Output directory (resumed if it exists).')
 flags.DEFINE_string('data_dir', 'data/mnist',
                     'Directory with the dataset\'s files (mnist: mnist.npz, which ./run.sh '
@@ -121,7 +133,7 @@ def main(argv):
   # Data and networks: what each cell's config selects (rec_vae_tf.models.builders).
   rows = grid.run_grid(cells, FLAGS.workdir, num_importance_samples=preset.num_importance_samples,
                        test_examples=preset.test_examples, valid_examples=preset.valid_examples,
-                       log=common.log)
+                       stratified=preset.stratified, log=common.log)
   reports = grid.write_reports(rows, FLAGS.workdir)
   if not FLAGS.ablation:
     grid.save_pictures(rows, FLAGS.workdir, num_components=preset.num_components)

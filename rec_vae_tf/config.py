@@ -86,7 +86,7 @@ class Config:
   epochs_per_component: float = 3.0  # recursion budget: epochs before the next component
   warm_start: bool = True          # a new component starts as a copy of the newest one
   # Per-example refinement (savae, vae_svi only): K momentum ascent steps on the ELBO
-  # over (loc, log scale), each example's gradient clipped (trainer.REFINE_MAX_GRAD_NORM).
+  # over (loc, log scale), each example's gradient clipped (semi_amortized.REFINE_MAX_GRAD_NORM).
   refine_steps: int = 20           # K; 0 makes savae a plain VAE
   # Ascent step size. Measured on a 3-epoch small-network MNIST VAE (500 test images,
   # K = 20, momentum 0.5, clip 5): ELBO -198.4 unrefined; step 0.02: -195.4,
@@ -317,16 +317,21 @@ def method_defaults(method: str, num_components: int) -> Dict[str, Any]:
 CONFIG_FILENAME = 'config.json'
 
 
-def write_json_atomic(path: str, value: Any, *, indent: int = 1, sort_keys: bool = False) -> None:
-  """Writes `value` as JSON to a temporary file, then renames it onto `path`.
+def write_text_atomic(path: str, text: str) -> None:
+  """Writes `text` to a temporary file, then renames it onto `path`.
 
-  A reader (or a run killed mid-write) sees the old file or the new one, never half.
+  Every file the project writes goes through here (or `write_json_atomic`): a
+  reader, or a run killed mid-write, sees the old file or the new one, never half.
   """
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
-    json.dump(value, f, indent=indent, sort_keys=sort_keys)
-    f.write('\n')
+    f.write(text)
   os.replace(tmp, path)
+
+
+def write_json_atomic(path: str, value: Any, *, indent: int = 1, sort_keys: bool = False) -> None:
+  """`value` as JSON, atomically (`write_text_atomic`)."""
+  write_text_atomic(path, json.dumps(value, indent=indent, sort_keys=sort_keys) + '\n')
 
 
 def config_path(workdir: str) -> str:

@@ -190,3 +190,34 @@ def test_long_preset_runs_savae_once_and_last_and_records_validation_log_likelih
   # The measurement field changes the training key; the quick preset's keys do not change.
   quick = grid.plan(_base(), grid.PRESETS['quick'], seeds=[0], variants=['rme'])[0]
   assert 'valid_log_likelihood_every' not in quick.config.to_dict()
+
+
+def test_importance_weighted_variants_stratified_rows_and_time_to_quality_plots(tmp_path):
+  preset = grid.Preset(description='test', variants=('rme_iw', 'mixture_iw', 'iwae_dreg'),
+                       num_components=2, component_grid=(), seeds=(0, 1), epochs=2,
+                       epochs_per_component=1.0, num_importance_samples=4, test_examples=0,
+                       valid_examples=0, valid_log_likelihood_every=1, stratified=True)
+  cells = grid.plan(_base(), preset)
+  by_variant = {c.variant: c.config for c in cells}
+  assert by_variant['rme_iw'].method == 'rme' and by_variant['rme_iw'].mixture_bound == 'iw'
+  assert by_variant['mixture_iw'].method == 'mixture'
+  assert by_variant['mixture_iw'].mixture_bound == 'iw'
+  assert by_variant['iwae_dreg'].dreg and by_variant['iwae_dreg'].num_train_samples == 2
+  kw = dict(num_importance_samples=4, test_examples=0, valid_examples=0, load_data=_load_data,
+            make_networks=_tiny_networks, log=lambda s: None)
+  rows = grid.run_grid(cells, str(tmp_path), stratified=True, **kw)
+  for r in rows:
+    assert np.isfinite(r['log_likelihood_stratified']) and r['log_likelihood_stratified_se'] > 0
+    assert r['log_likelihood_se'] > 0 and r['split'] == 'test'
+  # Cells written without the stratified estimate are evaluated again (training reused).
+  plain = grid.run_grid(cells[:1], str(tmp_path / 'plain'), **kw)
+  assert plain[0]['log_likelihood_stratified'] is None
+  again = grid.run_grid(cells[:1], str(tmp_path / 'plain'), stratified=True, **kw)
+  assert again[0]['log_likelihood_stratified'] is not None
+  assert again[0]['log_likelihood'] == plain[0]['log_likelihood']
+  grid.write_reports(rows, str(tmp_path))
+  for name in ('valid_ll_vs_epochs.png', 'valid_ll_vs_seconds.png'):
+    assert os.path.getsize(tmp_path / name) > 0
+  with open(tmp_path / rows[0]['run_dir'] / 'history.json') as f:
+    history = json.load(f)
+  assert [np.isfinite(h['valid_log_likelihood']) for h in history] == [True, True]

@@ -121,9 +121,10 @@ def test_evaluate_writes_importance_sampled_likelihood(trained, env):
                              env))
   [name] = [n for n in os.listdir(workdir) if n.startswith('eval_') and f'_K{k}_' in n and n.endswith('.json')]
   result = _read_json(os.path.join(workdir, name))
-  ll, elbo = result['test_log_likelihood'], result['test_elbo']
+  ll, elbo = result['log_likelihood'], result['elbo']
   print(f'test log p(x) (K={k}) {ll:.3f}, test ELBO {elbo:.3f}')
   assert math.isfinite(ll) and math.isfinite(elbo)
+  assert result['log_likelihood_se'] > 0 and result['method'] == 'rme'
   assert result['num_importance_samples'] == k
   assert result['num_examples'] == NUM_HELD_OUT
   assert ll >= elbo - 0.5
@@ -188,11 +189,11 @@ def test_main_compares_plots_and_exports(data_dir, env, tmp_path):
   rows = _read_json(os.path.join(workdir, 'results.json'))
   assert [r['method'] for r in rows] == ['rme', 'vae']
   for row in rows:
-    for key in ('test_log_likelihood', 'num_importance_samples', 'test_elbo', 'num_parameters',
-                'train_seconds'):
+    for key in ('log_likelihood', 'log_likelihood_se', 'num_importance_samples', 'elbo',
+                'num_parameters', 'train_seconds'):
       assert key in row and math.isfinite(row[key]), (key, row)
     assert row['num_importance_samples'] == 5
-    assert row['num_test_examples'] == 8
+    assert row['num_examples'] == 8 and row['split'] == 'test'
   assert [r['num_components'] for r in rows] == [2, 1]
   for name in ('samples.png', 'reconstructions.png', 'training_curves.png', 'weights.png'):
     with open(os.path.join(workdir, name), 'rb') as f:
@@ -258,7 +259,7 @@ def test_main_runs_the_semi_amortized_baselines(data_dir, env, tmp_path):
   assert [r['method'] for r in rows] == ['savae', 'vae_svi']
   for row in rows:
     assert row['num_components'] == 1 and row['config']['refine_steps'] == 2
-    for key in ('test_log_likelihood', 'test_elbo', 'encoder_ms_per_batch'):
+    for key in ('log_likelihood', 'elbo', 'inference_ms_per_batch'):
       assert math.isfinite(row[key]), (key, row)
   assert '| vae+svi | 1 |' in stdout
   assert not os.path.exists(os.path.join(workdir, 'export'))  # the export is RME's only

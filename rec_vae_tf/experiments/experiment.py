@@ -10,27 +10,27 @@ the checkpoint with the best validation ELBO, evaluates it on the test set
   * exports the RME inference network as a SavedModel under
     `<workdir>/export/rme/<version>/`.
 
-Finished trainings are not repeated, and an evaluation already written for the
-same checkpoint, K and test set is reused, so re-running is cheap.
+Each row is `evaluation.rows.evaluate_run`'s, the schema the grid and
+launch/evaluate.py write too. Finished trainings are not repeated, and an
+evaluation already written for the same checkpoint, K and test set is reused,
+so re-running is cheap.
 """
 
-import json
 import os
-import platform
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from rec_vae_tf.models import builders
 from rec_vae_tf import config as config_lib
 from rec_vae_tf import methods
+from rec_vae_tf.models import builders
 from rec_vae_tf.data import pipeline as data_lib
 from rec_vae_tf.serving import export as export_lib
-from rec_vae_tf.evaluation import likelihood
-from rec_vae_tf.models import likelihoods
+from rec_vae_tf.evaluation import rows as rows_lib
 from rec_vae_tf.experiments import plots
-from rec_vae_tf.training import trainer as trainer_lib
+from rec_vae_tf.training import loop as loop_lib
+from rec_vae_tf.training import runstate
 
 RESULTS_FILE = 'results.json'
 
@@ -46,30 +46,6 @@ def method_config(base: config_lib.Config, method: str) -> config_lib.Config:
   if methods.SPECS[method].takes_component_samples:
     values['num_train_samples'] = base.num_components * base.num_train_samples
   return base.replace(**values).validate()
-
-
-def device_description() -> str:
-  gpus = tf.config.list_physical_devices('GPU')
-  if gpus:
-    return f'{len(gpus)} GPU(s): ' + ', '.join(
-        tf.config.experimental.get_device_details(g).get('device_name', g.name) for g in gpus)
-  return f'CPU ({os.cpu_count()} cores, {platform.machine()})'
-
-
-def _evaluate_cached(run_dir, tr, cfg, dataset, num_samples, test_count, eval_seed, log):
-  path = tr.best_manager.latest_checkpoint
-  cache = os.path.join(run_dir, f'eval_{os.path.basename(path)}_K{num_samples}_n{test_count}_s{eval_seed}.json')
-  if os.path.exists(cache):
-    with open(cache) as f:
-      log(f'reusing {cache}')
-      return json.load(f)
-  log(f'evaluating {path} on {test_count} test images, K={num_samples}')
-  # savae / vae_svi: proposal, ELBO and encoder time use the refined posterior.
-  result = likelihood.evaluate(tr.method, dataset, tr.num_active.numpy(),
-                               num_samples=num_samples, chunk=cfg.eval_chunk, seed=eval_seed,
-                               xla=cfg.xla, log=log)
-  config_lib.write_json_atomic(cache, result)
-  return result
 
 
 def posterior_sample(tr, x, seed):
@@ -101,18 +77,18 @@ DISPLAY_NAMES = {'vae_svi': 'vae+svi'}
 
 def format_table(rows: List[Dict]) -> str:
   """Markdown table of the rows' headline numbers (bits/dim too when a row has them: colour data)."""
-  bits = any('test_bits_per_dim' in r for r in rows)
+  bits = any(r.get('bits_per_dim') is not None for r in rows)
   head = ('| method | M | test log p(x) | ' + ('bits/dim | ' if bits else '') +
           'K | test ELBO | parameters | train s | s/epoch | encoder ms/batch | weight entropy |\n'
           '|---|---|---|' + ('---|' if bits else '') + '---|---|---|---|---|---|---|\n')
   lines = []
   for r in rows:
     lines.append(
-        f'| {DISPLAY_NAMES.get(r["method"], r["method"])} | {r["num_components"]} | {r["test_log_likelihood"]:.2f} | '
-        + (f'{r["test_bits_per_dim"]:.3f} | ' if bits else '') +
-        f'{r["num_importance_samples"]} | {r["test_elbo"]:.2f} | {r["num_parameters"]:,} | '
+        f'| {DISPLAY_NAMES.get(r["method"], r["method"])} | {r["num_components"]} | {r["log_likelihood"]:.2f} | '
+        + (f'{r["bits_per_dim"]:.3f} | ' if bits else '') +
+        f'{r["num_importance_samples"]} | {r["elbo"]:.2f} | {r["num_parameters"]:,} | '
         f'{r["train_seconds"]:.0f} | {r["seconds_per_epoch"]:.1f} | '
-        f'{r["encoder_ms_per_batch"]:.2f} | {r["weight_entropy"]:.3f} |')
+        f'{r["inference_ms_per_batch"]:.2f} | {r["weight_entropy"]:.3f} |')
   return head + '\n'.join(lines) + '\n'
 
 
@@ -140,66 +116,39 @@ def run_comparison(base: config_lib.Config, workdir: str, *,
     log: progress lines.
   """
   cfgs = [method_config(base, m) for m in methods]  # validate everything first
-  trainer_lib.check_workdir(workdir)
-  rows, trainers, histories, splits = [], {}, {}, None
+  runstate.check_workdir(workdir)
+  rows, results = [], {}
   for cfg in cfgs:
     run_dir = os.path.join(workdir, cfg.method)
-    result = trainer_lib.train(cfg, run_dir, load_data=load_data, make_networks=make_networks,
-                               log=lambda s, m=cfg.method: log(f'[{m}] {s}'))
-    splits = result.splits
-    test = splits.test[:test_examples] if test_examples else splits.test
-    dataset = data_lib.make_eval_dataset(test, batch_size=cfg.eval_batch_size, seed=eval_seed,
-                                         binarization=cfg.binarization)
-    tr = result.trainer
-    ev = _evaluate_cached(run_dir, tr, cfg, dataset, num_importance_samples, len(test),
-                          eval_seed, lambda s, m=cfg.method: log(f'[{m}] {s}'))
-    epochs_done = max(len(result.history), 1)
-    # Colour data is compared in bits per dimension as well (nats stay the headline).
-    bits = ({'test_bits_per_dim': likelihoods.bits_per_dim(ev['test_log_likelihood'],
-                                                           test.shape[1])}
-            if builders.is_colour(cfg) else {})
-    rows.append({
-        'method': cfg.method,
-        'num_components': cfg.num_components,
-        'active_components': int(tr.num_active.numpy()),
-        'test_log_likelihood': ev['test_log_likelihood'],
-        **bits,
-        'num_importance_samples': ev['num_importance_samples'],
-        'test_elbo': ev['test_elbo'],
-        'component_elbo': ev['component_elbo'],
-        'mixture_weights': ev['mixture_weights'],
-        'weight_entropy': ev['weight_entropy'],
-        'num_test_examples': ev['num_examples'],
-        'num_parameters': tr.num_parameters(),
-        'num_encoder_parameters': tr.num_parameters(encoder_only=True),
-        'train_seconds': result.train_seconds,
-        'seconds_per_epoch': result.train_seconds / epochs_done,
-        'epochs': cfg.epochs,
-        'selected_step': int(tr._best_step.numpy()),  # pylint: disable=protected-access
-        'best_validation_elbo': float(tr.best_validation.numpy()),
-        'encoder_ms_per_batch': ev['encoder_ms_per_batch'],
-        'eval_batch_size': cfg.eval_batch_size,
-        'device': device_description(),
-        'config': cfg.to_dict(),
-    })
-    trainers[cfg.method] = tr
-    histories[cfg.method] = result.history
-
+    method_log = lambda s, m=cfg.method: log(f'[{m}] {s}')
+    result = loop_lib.train(cfg, run_dir, load_data=load_data, make_networks=make_networks,
+                            log=method_log)
+    rows.append(rows_lib.evaluate_run(
+        run_dir, result.trainer, splits=result.splits, train_seconds=result.train_seconds,
+        epochs_done=len(result.history), num_importance_samples=num_importance_samples,
+        examples=test_examples, eval_seed=eval_seed, log=method_log))
+    results[cfg.method] = result
   config_lib.write_json_atomic(os.path.join(workdir, RESULTS_FILE), rows)
   table = format_table(rows)
-  with open(os.path.join(workdir, 'results.md'), 'w') as f:
-    f.write(table)
+  config_lib.write_text_atomic(os.path.join(workdir, 'results.md'), table)
   log('\n' + table)
+  _save_pictures(base, workdir, results, rows, eval_seed)
+  if export and 'rme' in results:
+    _export(results['rme'], workdir, eval_seed, log)
+  return rows
 
-  # Pictures.
+
+def _save_pictures(base, workdir, results, rows, eval_seed) -> None:
+  """reconstructions.png, samples.png, training_curves.png and weights.png of the methods."""
+  splits = next(iter(results.values())).splits
   x = data_lib.make_eval_dataset(splits.test[:16], batch_size=16, seed=eval_seed,
                                  binarization=base.binarization)
   x = next(iter(x))
   recon = {'data': x.numpy()}
   samples = {}
-  for method, tr in trainers.items():
-    recon[method] = _reconstructions(tr, x, eval_seed)
-    samples[method] = _samples(tr, 32, tr.cfg.latent_dim, eval_seed)
+  for method, result in results.items():
+    recon[method] = _reconstructions(result.trainer, x, eval_seed)
+    samples[method] = _samples(result.trainer, 32, result.trainer.cfg.latent_dim, eval_seed)
   image_shape = builders.spec(base).image_shape
   if int(np.prod(image_shape)) == splits.test.shape[1]:  # not for injected odd-sized data
     x_max = 255.0 if builders.is_colour(base) else 1.0
@@ -208,16 +157,18 @@ def run_comparison(base: config_lib.Config, workdir: str, *,
                       image_shape=image_shape, x_max=x_max)
     plots.save_images(samples, os.path.join(workdir, 'samples.png'),
                       'samples: decoder mean at z ~ p(z)', image_shape=image_shape, x_max=x_max)
-  plots.save_training_curves(histories, os.path.join(workdir, 'training_curves.png'))
+  plots.save_training_curves({m: r.history for m, r in results.items()},
+                             os.path.join(workdir, 'training_curves.png'))
   plots.save_weights([r['method'] for r in rows], [r['mixture_weights'] for r in rows],
                      os.path.join(workdir, 'weights.png'))
 
-  if export and 'rme' in trainers:
-    tr = trainers['rme']
-    module = export_lib.InferenceModule(tr.method, int(tr.num_active.numpy()),
-                                        num_pixels=splits.test.shape[1], seed=eval_seed)
-    path = export_lib.export_saved_model(
-        module, os.path.join(workdir, 'export', 'rme'),
-        extra_summary={'checkpoint': tr.best_manager.latest_checkpoint, 'method': 'rme'})
-    log(f'exported the RME inference network to {path}')
-  return rows
+
+def _export(result, workdir, eval_seed, log) -> None:
+  """The RME SavedModel under <workdir>/export/rme/<version>/."""
+  tr = result.trainer
+  module = export_lib.InferenceModule(tr.method, int(tr.num_active.numpy()),
+                                      num_pixels=result.splits.test.shape[1], seed=eval_seed)
+  path = export_lib.export_saved_model(
+      module, os.path.join(workdir, 'export', 'rme'),
+      extra_summary={'checkpoint': tr.best_manager.latest_checkpoint, 'method': 'rme'})
+  log(f'exported the RME inference network to {path}')

@@ -5,7 +5,7 @@ config overrides, split), on one dataset with one network size: datasets and
 networks are grid axes too (default mnist and small; a cell's id and training
 directory name them only when they differ from those, so ids of MNIST cells
 are the same as before the axes existed). Every cell goes through the same data, decoder,
-trainer, checkpointing and evaluation (`trainer.train`, `likelihood.evaluate`).
+trainer, checkpointing and evaluation (`loop.train`, `rows.evaluate_run`).
 
   * Training directories are keyed by the full config (`runs/<name>-<hash>`),
     so two cells with the same config share one training (the ablation's
@@ -26,6 +26,7 @@ reconstructions.png.
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
@@ -38,6 +39,7 @@ from rec_vae_tf import config as config_lib
 from rec_vae_tf.data import catalog as data_catalog
 from rec_vae_tf.data import pipeline as data_lib
 from rec_vae_tf import errors
+from rec_vae_tf.evaluation import rows as rows_lib
 
 # variant -> the method it trains (the capacity-matched VAE is a vae with a wider encoder).
 VARIANTS = {
@@ -51,10 +53,20 @@ VARIANTS = {
     'iaf': 'iaf',
     'hf': 'hf',
     'iwae': 'iwae',
+    'rme_iw': 'rme',
+    'mixture_iw': 'mixture',
+    'iwae_dreg': 'iwae',
 }
-DISPLAY = {'vae_matched': 'vae (capacity-matched)', 'vae_svi': 'vae+svi'}
+# Config fields a variant sets on top of its method's defaults.
+VARIANT_FIELDS = {
+    'rme_iw': {'mixture_bound': 'iw'},       # the decoder and weights on the IW mixture bound
+    'mixture_iw': {'mixture_bound': 'iw'},   # SIWAE (Morningstar et al. 2021)
+    'iwae_dreg': {'dreg': True},             # IWAE with DReG encoder gradients
+}
+DISPLAY = {'vae_matched': 'vae (capacity-matched)', 'vae_svi': 'vae+svi',
+           'mixture_iw': 'mixture_iw (SIWAE)', 'iwae_dreg': 'iwae (DReG)'}
 # Variants with a mixture of M encoders: the ones the component axis applies to.
-MIXTURE_VARIANTS = ('rme', 'mixture', 'boosted')
+MIXTURE_VARIANTS = ('rme', 'mixture', 'boosted', 'rme_iw', 'mixture_iw')
 
 # The ablation grid (on RME, validation split): axis -> values tried besides the default.
 ABLATIONS = {
@@ -86,6 +98,8 @@ class Preset:
   first_seed_only: Tuple[str, ...] = ()
   # Time-to-quality: validation log p(x) every N epochs in history.json (0: never).
   valid_log_likelihood_every: int = 0
+  # Also the stratified test estimate (K / M per component) of every cell.
+  stratified: bool = False
 
 
 ALL_VARIANTS = tuple(VARIANTS)
@@ -103,10 +117,18 @@ PRESETS = {
     'long': Preset(
         description='200 epochs on this CPU (several hours on 2 cores), K = 5000 on the whole '
                     'test set, validation log p(x) every 10 epochs',
-        variants=('vae', 'vae_matched', 'iwae', 'rme', 'iaf', 'savae'), num_components=4,
+        variants=('vae', 'vae_matched', 'iwae', 'rme', 'iaf', 'rme_iw', 'mixture_iw',
+                  'iwae_dreg', 'savae'), num_components=4,
         component_grid=(), seeds=(0, 1), epochs=200, epochs_per_component=20.0,
         num_importance_samples=5000, test_examples=0, valid_examples=10000,
-        first_seed_only=('savae',), valid_log_likelihood_every=10),
+        first_seed_only=('savae',), valid_log_likelihood_every=10, stratified=True),
+    'compare40': Preset(
+        description='the 40-epoch comparison of the importance-weighted methods (main job '
+                    'schedule), 3 seeds, K = 1000 on the whole test set',
+        variants=('rme', 'rme_iw', 'mixture_iw', 'iwae', 'iwae_dreg', 'vae_matched', 'iaf',
+                  'savae'), num_components=4, component_grid=(), seeds=(0, 1, 2), epochs=40,
+        epochs_per_component=3.0, num_importance_samples=1000, test_examples=0,
+        valid_examples=10000, valid_log_likelihood_every=2, stratified=True),
 }
 
 
@@ -176,7 +198,8 @@ def variant_config(base: config_lib.Config, variant: str, num_components: int,
   if variant == 'vae_matched':
     width = matched_encoder_width(cfg.replace(method='rme'))
     return experiment.method_config(cfg, 'vae').replace(encoder_hidden_units=width).validate()
-  return experiment.method_config(cfg, VARIANTS[variant])
+  return experiment.method_config(cfg, VARIANTS[variant]).replace(
+      **VARIANT_FIELDS.get(variant, {})).validate()
 
 
 DATASET_PLACEHOLDER = '{dataset}'
@@ -300,65 +323,42 @@ def run_name(cfg: config_lib.Config) -> str:
 # ----------------------------------------------------------------------- run
 def run_cell(cell: Cell, workdir: str, *, num_importance_samples: int, examples: int,
              load_data: Optional[Callable], make_networks: Optional[Callable],
-             log: Callable[[str], None], eval_seed: int = 0) -> Dict:
-  """Trains (or resumes) the cell's model and evaluates it on its split; returns its row."""
-  from rec_vae_tf.evaluation import likelihood  # pylint: disable=g-import-not-at-top
-  from rec_vae_tf.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
+             log: Callable[[str], None], eval_seed: int = 0, stratified: bool = False) -> Dict:
+  """Trains (or resumes) the cell's model and evaluates it on its split; returns its row.
+
+  The row is `evaluation.rows.evaluate_run`'s (the main job's and
+  launch/evaluate.py's schema) with the cell's id, variant and ablation.
+  """
+  from rec_vae_tf.training import loop as loop_lib  # pylint: disable=g-import-not-at-top
   cfg = cell.config
   run_dir = os.path.join(workdir, 'runs', run_name(cfg))
-  result = trainer_lib.train(cfg, run_dir, load_data=load_data, make_networks=make_networks,
-                             log=log)
-  tr = result.trainer
-  images = result.splits.test if cell.split == 'test' else result.splits.valid
-  images = images[:examples] if examples else images
-  dataset = data_lib.make_eval_dataset(images, batch_size=cfg.eval_batch_size, seed=eval_seed,
-                                       binarization=cfg.binarization)
-  start = time.perf_counter()
-  ev = likelihood.evaluate(tr.method, dataset, tr.num_active.numpy(),
-                           num_samples=num_importance_samples, chunk=cfg.eval_chunk,
-                           seed=eval_seed, xla=cfg.xla)
-  epochs_done = max(len(result.history), 1)
-  return {
-      'cell': cell.cell_id,
-      'variant': cell.variant,
-      'method': cfg.method,
-      'ablation': cell.ablation,
-      'split': cell.split,
-      'num_components': cfg.num_components,
-      'seed': cfg.seed,
-      'dataset': cfg.dataset,
-      'network': cfg.network,
-      'log_likelihood': ev['test_log_likelihood'],
-      'bits_per_dim': ev['test_bits_per_dim'],
-      'elbo': ev['test_elbo'],
-      'num_importance_samples': ev['num_importance_samples'],
-      'num_examples': ev['num_examples'],
-      'num_parameters': tr.num_parameters(),
-      'num_encoder_parameters': tr.num_parameters(encoder_only=True),
-      'train_seconds': result.train_seconds,
-      'seconds_per_epoch': result.train_seconds / epochs_done,
-      'inference_ms_per_batch': ev['encoder_ms_per_batch'],
-      'eval_batch_size': cfg.eval_batch_size,
-      'eval_seconds': time.perf_counter() - start,
-      'weight_entropy': ev['weight_entropy'],
-      'mixture_weights': ev['mixture_weights'],
-      'best_validation_elbo': float(tr.best_validation.numpy()),
-      'run_dir': os.path.relpath(run_dir, workdir),
-      'config': cfg.to_dict(),
-  }
+  result = loop_lib.train(cfg, run_dir, load_data=load_data, make_networks=make_networks,
+                          log=log)
+  row = rows_lib.evaluate_run(
+      run_dir, result.trainer, splits=result.splits, train_seconds=result.train_seconds,
+      epochs_done=len(result.history), num_importance_samples=num_importance_samples,
+      split=cell.split, examples=examples, eval_seed=eval_seed, stratified=stratified, log=log)
+  return {'cell': cell.cell_id, 'variant': cell.variant, 'ablation': cell.ablation, **row,
+          'run_dir': os.path.relpath(run_dir, workdir)}
+
+
+def _finished(row: Dict, cell: Cell, stratified: bool) -> bool:
+  """Whether a cell's saved row can be reused: same config, today's fields, the estimates asked for."""
+  return (row.get('config') == cell.config.to_dict() and set(rows_lib.FIELDS) <= set(row) and
+          (not stratified or row.get('log_likelihood_stratified') is not None))
 
 
 def run_grid(cells: Sequence[Cell], workdir: str, *, num_importance_samples: int,
              test_examples: int, valid_examples: int, load_data: Optional[Callable] = None,
-             make_networks: Optional[Callable] = None,
+             make_networks: Optional[Callable] = None, stratified: bool = False,
              log: Callable[[str], None] = print) -> List[Dict]:
   """Runs every unfinished cell (finished ones are read back); returns all rows.
 
   load_data, make_networks: injectable for tests; None: what each cell's config
-  selects (`rec_vae_tf.models.builders`, through `trainer.train`).
+  selects (`rec_vae_tf.models.builders`, through `loop.train`).
   """
-  from rec_vae_tf.training import trainer as trainer_lib  # pylint: disable=g-import-not-at-top
-  trainer_lib.check_workdir(workdir)
+  from rec_vae_tf.training import runstate  # pylint: disable=g-import-not-at-top
+  runstate.check_workdir(workdir)
   os.makedirs(os.path.join(workdir, 'cells'), exist_ok=True)
   rows, start = [], time.perf_counter()
   done_before = sum(os.path.exists(_cell_path(workdir, c)) for c in cells)
@@ -368,16 +368,17 @@ def run_grid(cells: Sequence[Cell], workdir: str, *, num_importance_samples: int
     if os.path.exists(path):
       with open(path) as f:
         row = json.load(f)
-      if row.get('config') == cell.config.to_dict():
+      if _finished(row, cell, stratified):
         rows.append(row)
         continue
-      log(f'{path} was written for another config; running the cell again')
+      log(f'{path} was written for another config or by older code; running the cell again '
+          '(a finished training is reused)')
     tag = ' '.join([cell.ablation or cell.variant] + _axes_tags(cell.config))
     log(f'[{i + 1}/{len(cells)}] {tag} M={cell.config.num_components} seed={cell.config.seed} '
         f'({cell.split}; {time.perf_counter() - start:.0f}s into this run)')
     row = run_cell(cell, workdir, num_importance_samples=num_importance_samples,
                    examples=test_examples if cell.split == 'test' else valid_examples,
-                   load_data=load_data, make_networks=make_networks,
+                   load_data=load_data, make_networks=make_networks, stratified=stratified,
                    log=lambda s, t=tag: log(f'  [{t}] {s}'))
     config_lib.write_json_atomic(path, row)
     log(f'  [{tag}] {cell.split} log p(x) {row["log_likelihood"]:.2f}, ELBO {row["elbo"]:.2f}, '
@@ -391,22 +392,16 @@ def _cell_path(workdir: str, cell: Cell) -> str:
 
 
 # ------------------------------------------------------------------- reports
-CSV_FIELDS = ('cell', 'variant', 'method', 'ablation', 'split', 'num_components', 'seed',
-              'dataset', 'network', 'log_likelihood', 'bits_per_dim', 'elbo',
-              'num_importance_samples', 'num_examples',
-              'num_parameters', 'num_encoder_parameters', 'train_seconds', 'seconds_per_epoch',
-              'inference_ms_per_batch', 'eval_batch_size', 'weight_entropy',
-              'best_validation_elbo', 'run_dir')
+CSV_FIELDS = ('cell', 'variant', 'ablation') + rows_lib.FIELDS + ('run_dir',)
 
 
 def write_rows(rows: Sequence[Dict], workdir: str, stem: str = 'cells') -> None:
   config_lib.write_json_atomic(os.path.join(workdir, stem + '.json'), list(rows))
-  tmp = os.path.join(workdir, stem + '.csv.tmp')
-  with open(tmp, 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction='ignore')
-    writer.writeheader()
-    writer.writerows(rows)
-  os.replace(tmp, os.path.join(workdir, stem + '.csv'))
+  text = io.StringIO()
+  writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction='ignore', lineterminator='\n')
+  writer.writeheader()
+  writer.writerows(rows)
+  config_lib.write_text_atomic(os.path.join(workdir, stem + '.csv'), text.getvalue())
 
 
 def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
@@ -439,7 +434,7 @@ def summarize(rows: Sequence[Dict],
     entry = dict(zip(key, k))
     entry['seeds'] = len(rs)
     fields = ['log_likelihood', 'elbo', 'seconds_per_epoch', 'inference_ms_per_batch']
-    if all('bits_per_dim' in r for r in rs):
+    if all(r.get('bits_per_dim') is not None for r in rs):
       fields.append('bits_per_dim')
     for field in fields:
       entry[field], entry[field + '_std'] = _mean_std([r[field] for r in rs])
@@ -541,14 +536,38 @@ def write_reports(rows: Sequence[Dict], workdir: str) -> Dict[str, str]:
                                   DISPLAY)
       plots.save_ll_vs_time(group, os.path.join(workdir, f'll_vs_inference_time{stem}.png'),
                             DISPLAY)
+    _save_time_to_quality(rows, workdir)
   if any(r['split'] == 'valid' for r in rows):
     out['ablation.md'] = ablation_table(rows)
   for name, text in out.items():
-    tmp = os.path.join(workdir, name + '.tmp')
-    with open(tmp, 'w') as f:
-      f.write(text)
-    os.replace(tmp, os.path.join(workdir, name))
+    config_lib.write_text_atomic(os.path.join(workdir, name), text)
   return out
+
+
+def _save_time_to_quality(rows: Sequence[Dict], workdir: str) -> None:
+  """valid_ll_vs_epochs.png and valid_ll_vs_seconds.png from the runs' history.json files.
+
+  Only runs whose config recorded validation log p(x) (valid_log_likelihood_every)
+  take part; nothing is drawn when none did.
+  """
+  from rec_vae_tf.experiments import plots  # pylint: disable=g-import-not-at-top
+  curves: Dict[str, List[List[dict]]] = {}
+  for r in rows:
+    if r['split'] != 'test':
+      continue
+    try:
+      with open(os.path.join(workdir, r['run_dir'], 'history.json')) as f:
+        history = [h for h in json.load(f) if 'valid_log_likelihood' in h]
+    except (OSError, ValueError):
+      continue
+    if history:
+      name = DISPLAY.get(r['variant'], r['variant'])
+      if r['variant'] in MIXTURE_VARIANTS:
+        name += f' M={r["num_components"]}'
+      curves.setdefault(name, []).append(history)
+  if curves:
+    plots.save_time_to_quality(curves, os.path.join(workdir, 'valid_ll_vs_epochs.png'),
+                               os.path.join(workdir, 'valid_ll_vs_seconds.png'))
 
 
 def save_pictures(rows: Sequence[Dict], workdir: str, *, num_components: int,

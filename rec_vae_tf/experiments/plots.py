@@ -155,3 +155,44 @@ def save_ll_vs_time(summary: Sequence[dict], path: str, display: Dict[str, str])
   ax.set_ylabel('test log p(x) (nats, higher is better)')
   ax.grid(alpha=0.3, which='both')
   return _save(fig, path)
+
+
+def save_time_to_quality(curves: Dict[str, List[List[dict]]], path_epochs: str,
+                         path_seconds: str) -> List[str]:
+  """Validation log p(x) against epochs and against training seconds, one line per method.
+
+  Args:
+    curves: display name -> one list per seed of history entries that carry
+      'valid_log_likelihood' (and 'epoch', 'train_seconds'). A method's line is
+      the mean over its seeds at each recorded epoch (and their mean seconds);
+      with several seeds a band shows their range.
+    path_epochs, path_seconds: the two PNG files.
+  Returns:
+    The two paths.
+  """
+  figs = {key: plt.subplots(figsize=(7, 4.5)) for key in ('epoch', 'train_seconds')}
+  for name, runs in curves.items():
+    epochs = sorted(set.intersection(*[{h['epoch'] for h in run} for run in runs]))
+    if not epochs:
+      continue
+    pick = lambda run, field: [next(h[field] for h in run if h['epoch'] == e) for e in epochs]
+    ll = np.array([pick(run, 'valid_log_likelihood') for run in runs])  # [seeds, points]
+    seconds = np.array([pick(run, 'train_seconds') for run in runs]).mean(0)
+    for key, x in (('epoch', np.array(epochs)), ('train_seconds', seconds)):
+      ax = figs[key][1]
+      line, = ax.plot(x, ll.mean(0), marker='.', label=f'{name} ({len(runs)} seed'
+                      f'{"s" if len(runs) > 1 else ""})')
+      if len(runs) > 1:
+        ax.fill_between(x, ll.min(0), ll.max(0), color=line.get_color(), alpha=0.15)
+  paths = []
+  for key, path, xlabel in (('epoch', path_epochs, 'epoch'),
+                            ('train_seconds', path_seconds, 'training seconds (this machine)')):
+    fig, ax = figs[key]
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel('validation log p(x) (nats)')
+    ax.set_title('time to quality: validation log p(x), importance-sampled')
+    ax.grid(alpha=0.3)
+    if ax.lines:
+      ax.legend(fontsize=8)
+    paths.append(_save(fig, path))
+  return paths
