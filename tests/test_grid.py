@@ -203,12 +203,18 @@ def test_importance_weighted_variants_stratified_rows_and_time_to_quality_plots(
   assert by_variant['mixture_iw'].method == 'mixture'
   assert by_variant['mixture_iw'].mixture_bound == 'iw'
   assert by_variant['iwae_dreg'].dreg and by_variant['iwae_dreg'].num_train_samples == 2
+  enc = grid.variant_config(_base(), 'rme_iw_enc', 2, 0)
+  assert enc.method == 'rme' and enc.mixture_bound == 'iw' and enc.bound_to_encoders
   kw = dict(num_importance_samples=4, test_examples=0, valid_examples=0, load_data=_load_data,
             make_networks=_tiny_networks, log=lambda s: None)
   rows = grid.run_grid(cells, str(tmp_path), stratified=True, **kw)
   for r in rows:
     assert np.isfinite(r['log_likelihood_stratified']) and r['log_likelihood_stratified_se'] > 0
     assert r['log_likelihood_se'] > 0 and r['split'] == 'test'
+    # One active component: the stratified estimator is the plain one (not drawn twice);
+    # a mixture's two estimates come from different draws.
+    same = r['log_likelihood_stratified'] == r['log_likelihood']
+    assert same == (r['active_components'] == 1), (r['variant'], r['active_components'])
   # Cells written without the stratified estimate are evaluated again (training reused).
   plain = grid.run_grid(cells[:1], str(tmp_path / 'plain'), **kw)
   assert plain[0]['log_likelihood_stratified'] is None

@@ -430,7 +430,12 @@ def evaluate(method, dataset, num_active, *, num_samples: int, chunk: int, seed:
   estimate = mean_log_likelihood(ev, dataset, num_active, num_samples=num_samples, chunk=chunk,
                                  seed=seed, log=log)
   extra = {}
-  if stratified:
+  if stratified and int(num_active) == 1:
+    # One component: K samples from it, weighted by alpha = 1, is the plain estimator itself
+    # (the same distribution of estimates), so its draws are not repeated.
+    extra = {'test_log_likelihood_stratified': estimate.mean,
+             'test_log_likelihood_stratified_se': estimate.standard_error}
+  elif stratified:
     strat = mean_log_likelihood(ev, dataset, num_active, num_samples=num_samples, chunk=chunk,
                                 seed=seed, estimator='stratified', log=log)
     extra = {'test_log_likelihood_stratified': strat.mean,
