@@ -134,7 +134,7 @@ PRESETS = {
         variants=('rme', 'rme_iw', 'rme_iw_enc', 'mixture_iw', 'iwae', 'iwae_dreg',
                   'vae_matched', 'iaf', 'savae'), num_components=4, component_grid=(), seeds=(0, 1, 2), epochs=40,
         epochs_per_component=3.0, num_importance_samples=1000, test_examples=0,
-        valid_examples=10000, valid_log_likelihood_every=2, stratified=True),
+        valid_examples=10000, valid_log_likelihood_every=2),
 }
 
 
