@@ -266,8 +266,16 @@ class Config:
 
   @classmethod
   def from_dict(cls, values: Dict[str, Any]) -> 'Config':
+    """A Config of the fields in `values` (not yet validated).
+
+    Raises:
+      ConfigError: values is not a dict (a JSON object), or has unknown fields.
+    """
+    if not isinstance(values, dict):
+      raise errors.ConfigError(f'invalid config: a JSON {_json_type(values)}, expected an '
+                               'object of config fields')
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+    unknown = sorted(map(str, set(values) - names))
     if unknown:
       raise errors.ConfigError(f'invalid config: unknown field(s) {", ".join(unknown)}')
     return cls(**values)
@@ -278,14 +286,29 @@ class Config:
 
   @classmethod
   def load(cls, path: str) -> 'Config':
+    """Reads and validates a config.json written by `save`.
+
+    Raises:
+      UserError: no file at path, or path's directory is not a directory.
+      ConfigError: the file is unreadable, not JSON (or not UTF-8), or holds
+        fields of the wrong type or value (edited by hand); the message names
+        the file and the field.
+    """
+    where = 'is this a run directory written by launch/train.py?'
     try:
       with open(path) as f:
         values = json.load(f)
     except FileNotFoundError:
-      raise errors.UserError(f'no config at {path}: is this a run directory written by launch/train.py?') from None
-    except (OSError, json.JSONDecodeError) as e:
-      raise errors.UserError(f'unreadable config {path}: {e}') from None
-    return cls.from_dict(values).validate()
+      raise errors.UserError(f'no config at {path}: {where}') from None
+    except NotADirectoryError:
+      raise errors.UserError(f'no config at {path}: {os.path.dirname(path)} is not a '
+                             f'directory; {where}') from None
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+      raise errors.ConfigError(f'unreadable config {path}: {" ".join(str(e).split())}') from None
+    try:
+      return cls.from_dict(values).validate()
+    except errors.ConfigError as e:
+      raise errors.ConfigError(f'{path}: {e}') from None
 
 
 # Fields added after runs were made, and their defaults (see Config.to_dict).
@@ -298,6 +321,12 @@ _OMITTED_AT_DEFAULT = {
     'bound_to_encoders': False,
     'dreg': False,
 }
+
+
+def _json_type(value) -> str:
+  """The JSON name of a parsed JSON value's type."""
+  names = {dict: 'object', list: 'list', str: 'string', bool: 'boolean', type(None): 'null'}
+  return names.get(type(value), 'number')
 
 
 def default_config(method: str = 'rme', **overrides) -> Config:
@@ -341,10 +370,17 @@ def config_path(workdir: str) -> str:
 def check_workdir(workdir: str) -> None:
   """Fails fast with a one-line UserError if workdir cannot be created or written.
 
-  Creates workdir and writes and removes a small probe file: catches a path
-  under a file, a read-only directory or file system, and a full disk. Needs no
+  Creates workdir and writes and removes a small probe file: catches a file
+  (or a symlink to one, or a dangling symlink) in its place, a path under a
+  file, a read-only directory or file system, and a full disk. Needs no
   TensorFlow, so launchers run it before loading TensorFlow.
   """
+  if os.path.islink(workdir) and not os.path.exists(workdir):
+    raise errors.UserError(f'workdir {workdir} is a symlink to {os.readlink(workdir)}, which '
+                           'does not exist')
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    target = f' (a symlink to {os.path.realpath(workdir)})' if os.path.islink(workdir) else ''
+    raise errors.UserError(f'workdir {workdir} is a file{target}, not a directory')
   # Named per process: the workers of a multi-worker run share the workdir.
   probe = os.path.join(workdir, f'.{os.getpid()}.write_probe')
   try:
