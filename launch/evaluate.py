@@ -65,10 +65,11 @@ def main(argv):
   from rec_vae_tf.evaluation import rows  # pylint: disable=g-import-not-at-top
   from rec_vae_tf.models import builders  # pylint: disable=g-import-not-at-top
   from rec_vae_tf.training import trainer  # pylint: disable=g-import-not-at-top
+  # The run's history and the data first: a damaged file is refused before the networks are built.
+  train_seconds, epochs = rows.training_cost(FLAGS.workdir)
+  splits = builders.load_data_fn(cfg)(FLAGS.data_dir or cfg.data_dir)
   cfg, tr, path = trainer.restore_for_evaluation(FLAGS.workdir, which=FLAGS.checkpoint,
                                                  distribution=dist)
-  splits = builders.load_data_fn(cfg)(FLAGS.data_dir or cfg.data_dir)
-  train_seconds, epochs = rows.training_cost(FLAGS.workdir)
   # savae / vae_svi: proposal, ELBO and encoder time use the refined posterior.
   row = rows.evaluate_run(
       FLAGS.workdir, tr, splits=splits, train_seconds=train_seconds, epochs_done=epochs,

@@ -150,13 +150,16 @@ def _row(cfg, trainer, ev, *, split, eval_seed, checkpoint, train_seconds, epoch
 
 
 def training_cost(run_dir: str):
-  """(training seconds, epochs) from a run's history.json; (0.0, 0) if it has none readable."""
-  try:
-    with open(os.path.join(run_dir, 'history.json')) as f:
-      history = json.load(f)
-    return float(sum(h.get('epoch_seconds', 0.0) for h in history)), len(history)
-  except (OSError, ValueError, TypeError, AttributeError):
-    return 0.0, 0
+  """(training seconds, epochs) from a run's history.json; (0.0, 0) if it has none.
+
+  Raises:
+    UserError: history.json is there but unreadable, or edited into another
+      shape (`runstate.read_history`): a row must not report a made-up cost.
+  """
+  # Loads TensorFlow: callers (launch/evaluate.py) have loaded it already.
+  from rec_vae_tf.training import runstate  # pylint: disable=g-import-not-at-top
+  history = runstate.read_history(os.path.join(run_dir, runstate.HISTORY_FILE))
+  return float(sum(h.get('epoch_seconds', 0.0) for h in history)), len(history)
 
 
 def _checkpoint_step(checkpoint: str) -> Optional[int]:

@@ -7,11 +7,13 @@ The training loop (rec_vae_tf/training/loop.py) and the trainer
     BEST_DIR, HISTORY_FILE, SUMMARY_DIR, and PARTIAL_EPOCH_FILE (the running
     sums of an epoch interrupted by SIGTERM);
   * checkpoints: `checkpoint_problem` reads one whole to tell whether it is
-    readable, `checkpoint_candidates` lists them newest first (a lost state file
-    included), `save_checkpoint` and `restore_or_fail` turn a failed write or
-    read into one line naming what was kept;
+    readable, `checkpoint_mismatch` whether its variables fit the run's config
+    (not another run's checkpoint), `checkpoint_candidates` lists them newest
+    first (a lost state file included), `save_checkpoint` and `restore_or_fail`
+    turn a failed write or read into one line naming what was kept;
   * history.json and the partial epoch: written atomically (`write_json_or_fail`),
-    read back up to the restored step (`read_history`, `read_partial_epoch`);
+    read back up to the restored step (`read_history`, which refuses a file
+    edited into another shape, and `read_partial_epoch`);
   * the workdir's room: `check_workdir` (writable) and `check_free_space` (room
     for the checkpoints kept), before any step is taken;
   * the process: `PreemptionGuard` turns SIGTERM into a request the loop answers
@@ -36,6 +38,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
+from tensorflow.core.protobuf import trackable_object_graph_pb2
 from rec_vae_tf import config as config_lib
 from rec_vae_tf import errors
 
@@ -127,10 +130,92 @@ def save_checkpoint(manager: tf.train.CheckpointManager, step: int, what: str) -
         'permissions) and rerun the same command to resume') from None
 
 
-def restore_or_fail(checkpoint: tf.train.Checkpoint, path: str) -> None:
-  """checkpoint.restore(path) of a checkpoint read whole first; one line if it is unreadable."""
+# Where TensorFlow stores a checkpoint's object graph (a TrackableObjectGraph proto).
+_OBJECT_GRAPH_KEY = '_CHECKPOINTABLE_OBJECT_GRAPH'
+
+
+def checkpoint_mismatch(root, path: str, *, complete: bool) -> Optional[str]:
+  """Why the readable checkpoint at `path` does not fit `root`'s variables, or None.
+
+  Walks root's objects (tf.train.TrackableView) and the checkpoint's object
+  graph together and compares the shape of every variable both hold. A
+  checkpoint of a run with another method, number of components, latent_dim,
+  network or dataset differs there. Checking first matters: restoring such a
+  checkpoint fails halfway, and TensorFlow then prints warnings about the
+  unrestored values when the process ends, after the one-line error.
+
+  Args:
+    root: the tf.train.Checkpoint to restore into.
+    path: a checkpoint prefix that `checkpoint_problem` found readable.
+    complete: every variable of root must be in the checkpoint too (a run's own
+      checkpoints hold all of them; a --checkpoint path of best/ has no optimizer).
+  Returns:
+    None, or one line such as `encoder/eps_head/bias has shape [1, 1] there,
+    [2, 1] for this config`.
+  """
+  reader = tf.train.load_checkpoint(path)
+  shapes = reader.get_variable_to_shape_map()
+  graph = trackable_object_graph_pb2.TrackableObjectGraph.FromString(
+      reader.get_tensor(_OBJECT_GRAPH_KEY))
+  view = tf.train.TrackableView(root)
+  pending, seen = [(root, 0, '')], set()
+  while pending:
+    obj, node_id, name = pending.pop(0)
+    if id(obj) in seen:  # the optimizer lists the networks' variables again
+      continue
+    seen.add(id(obj))
+    node = graph.nodes[node_id]
+    live = getattr(obj, 'shape', None)
+    for attribute in node.attributes:
+      saved = shapes.get(attribute.checkpoint_key)
+      if attribute.name == 'VARIABLE_VALUE' and live is not None and saved is not None:
+        if list(saved) != list(live):
+          return f'{name} has shape {list(saved)} there, {list(live)} for this config'
+    saved_children = {child.local_name: child.node_id for child in node.children}
+    for child_name, child in view.children(obj).items():
+      child_path = f'{name}/{child_name}' if name else child_name
+      if child_name in saved_children:
+        pending.append((child, saved_children[child_name], child_path))
+      elif complete and child_name != 'save_counter' and _holds_variables(child):
+        return f'it has no {child_path}'
+  return None
+
+
+def _holds_variables(obj) -> bool:
+  """Whether obj or anything it tracks is a variable (has a shape)."""
+  return any(getattr(o, 'shape', None) is not None
+             for o in tf.train.TrackableView(obj).descendants())
+
+
+def mismatch_error(path: str, problem: str, config_file: Optional[str] = None) -> errors.UserError:
+  """The one-line error for a checkpoint of another run (`checkpoint_mismatch`)."""
+  config = f'the config in {config_file}' if config_file else "the run's config"
+  return errors.UserError(
+      f'checkpoint {path} does not match {config} ({problem}): it was written by a run with '
+      'another method, number of components, latent_dim, network or dataset; put back the '
+      "run's own checkpoints, or train into a new --workdir")
+
+
+def restore_or_fail(checkpoint: tf.train.Checkpoint, path: str, *, complete: bool = True,
+                    config_file: Optional[str] = None) -> None:
+  """checkpoint.restore(path) of a checkpoint read whole and matched first; else one line.
+
+  Args:
+    checkpoint: what to restore into.
+    path: the checkpoint prefix.
+    complete: as `checkpoint_mismatch` (False: a checkpoint may lack some of
+      checkpoint's variables, e.g. a best/ checkpoint has no optimizer).
+    config_file: the run's config.json, named by the error for another run's
+      checkpoint.
+  Raises:
+    UserError: the checkpoint is unreadable, or it is another run's (its
+      variables do not fit).
+  """
   problem = checkpoint_problem(path)
   if problem is None:
+    mismatch = checkpoint_mismatch(checkpoint, path, complete=complete)
+    if mismatch is not None:
+      raise mismatch_error(path, mismatch, config_file)
     try:
       checkpoint.restore(path).expect_partial()
     except Exception as e:  # pylint: disable=broad-except  (see checkpoint_problem)
@@ -152,18 +237,55 @@ def write_json_or_fail(path: str, value, keeps: Optional[str]) -> None:
         'space (or fix permissions) and rerun the same command to resume') from None
 
 
-def read_history(path: str, up_to_step: int) -> List[Dict]:
-  """The history entries up to `up_to_step`; a damaged file is one line, not a traceback."""
+def read_history(path: str, up_to_step: Optional[int] = None) -> List[Dict]:
+  """The history entries up to `up_to_step` (None: all); one line if the file is damaged.
+
+  A missing file is an empty history. The file must be what `loop.train`
+  writes: a JSON list of objects, each with an integer "step" and, if present,
+  a numeric "epoch_seconds" (the training time that resuming and evaluation
+  add up).
+
+  Raises:
+    UserError: the file cannot be read, is not JSON, or has another shape.
+  """
   if not os.path.exists(path):
     return []
+  fix = ('restore it or move it away (the run then resumes with the history of later epochs '
+         'only)')
   try:
     with open(path) as f:
       history = json.load(f)
-    return [h for h in history if h['step'] <= up_to_step]
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise errors.UserError(
-        f'unreadable {path} ({one_line_error(e)}); restore it or move it away (the run then '
-        'resumes with the history of later epochs only)') from None
+  except (OSError, ValueError) as e:
+    raise errors.UserError(f'unreadable {path} ({one_line_error(e)}); {fix}') from None
+  problem = _history_problem(history)
+  if problem:
+    raise errors.UserError(f'unreadable {path} ({problem}); {fix}')
+  return [h for h in history if up_to_step is None or h['step'] <= up_to_step]
+
+
+def _history_problem(history) -> Optional[str]:
+  """What is wrong with the shape of history.json's content, or None."""
+  def number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+  if not isinstance(history, list):
+    return f'a JSON {_json_type(history)}, expected a list of epoch entries'
+  for i, entry in enumerate(history):
+    if not isinstance(entry, dict):
+      return f'entry {i} is a JSON {_json_type(entry)}, expected an object'
+    step = entry.get('step')
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+      return f'entry {i} has "step": {json.dumps(step)[:40]}, expected an integer >= 0'
+    if 'epoch_seconds' in entry and not number(entry['epoch_seconds']):
+      return (f'entry {i} has "epoch_seconds": {json.dumps(entry["epoch_seconds"])[:40]}, '
+              'expected a number')
+  return None
+
+
+def _json_type(value) -> str:
+  """The JSON name of a parsed JSON value's type."""
+  names = {dict: 'object', list: 'list', str: 'string', bool: 'boolean', type(None): 'null'}
+  return names.get(type(value), 'number')
 
 
 def write_partial_epoch(workdir: str, step: int, sums: Dict, count: int, seconds: float) -> None:

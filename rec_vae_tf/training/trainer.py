@@ -302,19 +302,25 @@ class Trainer:
     in its directory (a lost or garbled `checkpoint` state file), newest step
     first. One that cannot be read whole (a truncated or garbage .index or .data
     file, a missing file) is skipped with a `warning:` line through `log`, and
-    the one before it is tried.
+    the one before it is tried. A readable one whose variables do not fit the
+    config (`runstate.checkpoint_mismatch`: another run's checkpoints copied
+    here) stops the search: the ones before it are that run's too.
 
     Args:
       log: receives one warning line per skipped checkpoint.
     Returns:
       The restored checkpoint's path, or None if the directory has none.
     Raises:
-      UserError: there are checkpoints, but none is readable.
+      UserError: there are checkpoints, but none is readable; or the newest
+        readable one does not match the config.
     """
     skipped = []
     for path in runstate.checkpoint_candidates(self.manager):
       problem = runstate.checkpoint_problem(path)
       if problem is None:
+        mismatch = runstate.checkpoint_mismatch(self.checkpoint, path, complete=True)
+        if mismatch is not None:
+          raise runstate.mismatch_error(path, mismatch, config_lib.config_path(self.workdir))
         try:
           self.checkpoint.restore(path).assert_existing_objects_matched()
         except Exception as e:  # pylint: disable=broad-except  (see checkpoint_problem)
@@ -383,7 +389,8 @@ def restore_for_evaluation(workdir: str, *, which: str = 'best',
   Returns:
     (cfg, trainer, checkpoint_path) with trainer.num_active set to the restored count.
   Raises:
-    UserError: no such checkpoint, or it is unreadable.
+    UserError: no such checkpoint, it is unreadable, or it does not match the
+      run's config (another run's checkpoint).
   """
   cfg = config_lib.Config.load(config_lib.config_path(workdir))
   trainer = Trainer(cfg, workdir, make_networks=make_networks, num_pixels=num_pixels,
@@ -393,7 +400,8 @@ def restore_for_evaluation(workdir: str, *, which: str = 'best',
     if not path:
       raise errors.UserError(f'{workdir} has no selected (best) checkpoint yet; '
                              'finish an epoch of training first or pass --checkpoint=latest')
-    runstate.restore_or_fail(trainer.best_checkpoint, path)
+    runstate.restore_or_fail(trainer.best_checkpoint, path,
+                             config_file=config_lib.config_path(workdir))
     trainer.num_active.assign(trainer.best_active)
     trainer.step.assign(trainer.best_step)
   elif which == 'latest':
@@ -404,5 +412,7 @@ def restore_for_evaluation(workdir: str, *, which: str = 'best',
     path = which
     if not tf.io.gfile.exists(path + '.index'):
       raise errors.UserError(f'no checkpoint {which!r} in {workdir}')
-    runstate.restore_or_fail(trainer.checkpoint, path)
+    # A path may be a best/ checkpoint, which has no optimizer.
+    runstate.restore_or_fail(trainer.checkpoint, path, complete=False,
+                             config_file=config_lib.config_path(workdir))
   return cfg, trainer, path
