@@ -60,6 +60,11 @@ FLAGS = flags.FLAGS
 
 def _load_file(path: str):
   """One file -> (array [B, ...] as stored, one label per image)."""
+  if os.path.isdir(path):
+    exported = (' (it holds a saved_model.pb: a SavedModel is served by TF Serving, and this '
+                'program queries the server; pass image files)'
+                if os.path.exists(os.path.join(path, 'saved_model.pb')) else '')
+    raise errors.UserError(f'{path} is a directory, not an image file (.npy or .png){exported}')
   if not os.path.isfile(path):
     raise errors.UserError(f'no such image file: {path}')
   ext = os.path.splitext(path)[1].lower()
@@ -137,6 +142,8 @@ def _inputs():
   if sig == 'decode':
     if not FLAGS.latents:
       raise errors.UserError('--signature=decode needs --latents=file.npy ([B, D] float32)')
+    if os.path.isdir(FLAGS.latents):
+      raise errors.UserError(f'--latents={FLAGS.latents} is a directory, not a .npy file')
     if not os.path.isfile(FLAGS.latents):
       raise errors.UserError(f'no such latents file: {FLAGS.latents}')
     try:
@@ -275,6 +282,8 @@ def main(argv):
     raise errors.UserError(f'--timeout={FLAGS.timeout}; allowed: > 0')
   if FLAGS.output and not FLAGS.output.endswith('.npz'):
     raise errors.UserError(f'--output={FLAGS.output}: must end in .npz')
+  if FLAGS.output and os.path.isdir(FLAGS.output):  # found before the request, not after
+    raise errors.UserError(f'--output={FLAGS.output} is a directory; name an .npz file')
   inputs, labels = _inputs()
   target = _target()
   if FLAGS.protocol == 'grpc':
@@ -293,4 +302,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(common.run(main))
+  app.run(common.run(main), flags_parser=common.parse_flags)
