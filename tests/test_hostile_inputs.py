@@ -1,27 +1,40 @@
-"""Hostile inputs: malformed data, flags and TF_CONFIG get one `error:` line, change nothing.
+"""Hostile inputs: malformed data, runs, flags and TF_CONFIG get one `error:` line, change nothing.
 
-Every case runs a launcher (launch/train.py, evaluate.py, export.py or main.py)
-and checks the contract of launch/common.py:
+Every case runs a launcher (launch/train.py, evaluate.py, export.py, main.py or
+query.py) and checks the contract of launch/common.py:
 
   * exit status 2;
   * exactly one stderr line that starts with `error: `, and it is the last line;
     the only other lines allowed are TensorFlow's native start-up lines, which
     its C++ logging prints before Python can silence it; a case that fails
-    before TensorFlow loads (`PRE_TF`) must print nothing else at all;
+    before TensorFlow loads (`pre_tf`) must print nothing else at all;
   * no traceback;
   * nothing in existing directories changed: every file and directory under
     the test's root (the prepared run, the main job's directory, the data) is
-    hashed before and after, so a half-written config, checkpoint, history or
-    export directory fails the case.
+    hashed before and after (a symlink by its target, not followed), so a
+    half-written config, checkpoint, history or export directory fails the case.
+
+What is hostile: malformed data files (truncated, bit-flipped, garbage, wrong
+shapes, NaN / Inf pixels) of MNIST (npz, IDX, gzip) and of the .mat and .amat
+readers of the other datasets; run directories damaged or edited by hand
+(config.json or history.json unreadable, or valid JSON of the wrong types;
+garbage checkpoints; another run's checkpoints beside this run's config.json);
+workdirs that are symlinks to files, dangling, or under a read-only directory
+(skipped when the tests run as root, whom permissions do not stop); bad flags
+and flag combinations; directories where launch/query.py takes files.
 
 Cases that fail before TensorFlow loads run as real subprocesses (a fraction of
-a second each); so do a few that load it (about 4 s each). Malformed data is only
-found after TensorFlow has loaded, so most data cases run launch/train.py's real
-`main` in this process, through the same `common.parse_flags` and `common.run`
-as `python -m launch.train` (which defines launch/train.py's flags in the
-pytest process: no other test module may import a launcher that defines the
-same flags). Unit checks of the readers themselves (sources.read_idx,
-sources.load_mnist) are in tests/test_data.py.
+a second each); so do the cases of launch/evaluate.py and export.py that load
+it (4-8 s each), whose flags clash with launch/train.py's in this process.
+Malformed data and damaged runs given to training are only found after
+TensorFlow has loaded, so they run launch/train.py's real `main` in this
+process, through the same `common.parse_flags` and `common.run` as
+`python -m launch.train` (which defines launch/train.py's flags in the pytest
+process: no other test module may import a launcher that defines the same
+flags). Cases that need files made first (`PREPARED_CASES`) make them in
+<root>/case/, which is removed after each. Unit checks of the readers themselves
+(sources.read_idx, sources.load_mnist, the .mat and .amat readers) are in
+tests/test_data.py and tests/test_datasets.py.
 """
 import gzip
 import hashlib
@@ -34,6 +47,7 @@ import sys
 
 import numpy as np
 import pytest
+import scipy.io
 
 from rec_vae_tf import config as config_lib
 
@@ -116,15 +130,18 @@ def _train_in_process(argv):
 
 
 def _snapshot(base):
-  """{relative path: sha256 of a file, or 'dir'} of everything under base."""
+  """{relative path: sha256 of a file, 'dir', or 'link -> target'} of everything under base."""
   state = {}
   for dirpath, dirnames, filenames in os.walk(base):
-    for name in dirnames:
-      state[os.path.relpath(os.path.join(dirpath, name), base)] = 'dir'
-    for name in filenames:
+    for name in dirnames + filenames:
       path = os.path.join(dirpath, name)
-      with open(path, 'rb') as f:
-        state[os.path.relpath(path, base)] = hashlib.sha256(f.read()).hexdigest()
+      if os.path.islink(path):  # not followed: it may dangle, or point outside base
+        state[os.path.relpath(path, base)] = f'link -> {os.readlink(path)}'
+      elif name in dirnames:
+        state[os.path.relpath(path, base)] = 'dir'
+      else:
+        with open(path, 'rb') as f:
+          state[os.path.relpath(path, base)] = hashlib.sha256(f.read()).hexdigest()
   return state
 
 
@@ -159,23 +176,41 @@ def _good_idx_pair(directory, train=None, test=None):
       (directory / name).write_bytes(content)
 
 
-def _npz(directory, **arrays):
+def _npz(directory, save=np.savez, **arrays):
   rng = np.random.default_rng(2)
   values = {'x_train': _mnist_arrays(NUM_TRAIN, rng), 'x_test': _mnist_arrays(NUM_HELD_OUT, rng)}
   values.update(arrays)
-  np.savez(directory / 'mnist.npz', **{k: v for k, v in values.items() if v is not None})
+  save(directory / 'mnist.npz', **{k: v for k, v in values.items() if v is not None})
+
+
+def _flipped_bytes(content, count=4):
+  """content with `count` bytes in the middle inverted: a bit-rotted copy of the same length."""
+  content = bytearray(content)
+  middle = len(content) // 2
+  content[middle:middle + count] = bytes(b ^ 0xFF for b in content[middle:middle + count])
+  return bytes(content)
+
+
+def _bit_flipped_npz(save):
+  def fill(d):
+    _npz(d, save=save)  # the middle of the file is inside x_train, its largest member
+    (d / 'mnist.npz').write_bytes(_flipped_bytes((d / 'mnist.npz').read_bytes()))
+  return fill
+
+
+def _damaged_gzip_idx(damage):
+  """Good IDX files, the training one gzipped and then damaged: damage(bytes) -> bytes."""
+  def fill(d):
+    _good_idx_pair(d)
+    content = gzip.compress((d / 'train-images-idx3-ubyte').read_bytes())
+    os.remove(d / 'train-images-idx3-ubyte')
+    (d / 'train-images-idx3-ubyte.gz').write_bytes(damage(content))
+  return fill
 
 
 def _truncated_idx(d):
   good = _idx(np.zeros([NUM_TRAIN, 28, 28]), 0x803)
   _good_idx_pair(d, train=good[:len(good) // 2])
-
-
-def _truncated_gzip_idx(d):
-  _good_idx_pair(d)
-  content = gzip.compress((d / 'train-images-idx3-ubyte').read_bytes())
-  os.remove(d / 'train-images-idx3-ubyte')
-  (d / 'train-images-idx3-ubyte.gz').write_bytes(content[:len(content) // 3])
 
 
 def _float_pixels(value):
@@ -226,7 +261,8 @@ DATA_CASES = {
         lambda d: _good_idx_pair(d, train=_idx(np.zeros([NUM_TRAIN]), 0x801)),
         'expected MNIST images'),
     'empty IDX file': (lambda d: _good_idx_pair(d, train=b''), 'is empty'),
-    'truncated gzip IDX': (_truncated_gzip_idx, 'truncated or corrupt gzip'),
+    'truncated gzip IDX': (_damaged_gzip_idx(lambda content: content[:len(content) // 3]),
+                           'truncated or corrupt gzip'),
     'IDX with trailing bytes': (
         lambda d: _good_idx_pair(d, train=_idx(np.zeros([NUM_TRAIN, 28, 28]), 0x803) + b'x'),
         'unexpected byte'),
@@ -256,21 +292,83 @@ DATA_CASES = {
         'mnist.npz'),
     'a .npy file named mnist.npz': (_npy_named_npz, 'not the zip signature'),
     'mnist.npz is a directory': (_directory_named('mnist.npz'), 'no MNIST files in'),
+    'bit-flipped mnist.npz': (_bit_flipped_npz(np.savez),
+                              "mnist.npz: cannot read x_train (Bad CRC-32 for file 'x_train.npy')"),
+    'bit-flipped compressed mnist.npz': (_bit_flipped_npz(np.savez_compressed),
+                                         'mnist.npz: cannot read x_train ('),
+    'bit-flipped gzip IDX': (_damaged_gzip_idx(_flipped_bytes),
+                             'train-images-idx3-ubyte.gz is a truncated or corrupt gzip file'),
+    'gzip IDX without its trailer': (
+        _damaged_gzip_idx(lambda content: content[:-8]),
+        'train-images-idx3-ubyte.gz is a truncated or corrupt gzip file'),
 }
 
 
-@pytest.mark.parametrize('name', list(DATA_CASES))
-def test_malformed_data_in_process(name, root, tmp_path):
-  fill, fragment = DATA_CASES[name]
+# The other readers of rec_vae_tf/data/sources.py (MATLAB .mat, .amat text), on files built as
+# tests/test_datasets.py builds them: name -> (dataset, fill the data directory, fragment).
+_CALTECH_FILE = 'caltech101_silhouettes_28_split1.mat'
+
+
+def _caltech_mat(d, **options):
+  arrays = {key: np.ones([5, 784], np.uint8) for key in ('train_data', 'val_data', 'test_data')}
+  scipy.io.savemat(d / _CALTECH_FILE, arrays, **options)
+
+
+def _damaged(name, write, damage):
+  """write(d) writes a good file `name` into d; damage(bytes) -> the bytes left there."""
+  def fill(d):
+    write(d)
+    (d / name).write_bytes(damage((d / name).read_bytes()))
+  return fill
+
+
+def _amat_files(d):
+  rng = np.random.default_rng(4)
+  for split, count in (('train', 6), ('valid', 3), ('test', 3)):
+    rows = rng.random([count, 784]) < 0.2
+    (d / f'binarized_mnist_{split}.amat').write_text(
+        ''.join(' '.join('1' if v else '0' for v in row) + '\n' for row in rows))
+
+
+_TEXT_GARBAGE = b'this is not a MATLAB file\n' * 10
+OTHER_DATASET_CASES = {
+    'caltech101_silhouettes: truncated .mat': (
+        'caltech101_silhouettes',
+        _damaged(_CALTECH_FILE, _caltech_mat, lambda content: content[:len(content) // 2]),
+        f'{_CALTECH_FILE} is not a readable MATLAB v5 .mat file'),
+    'caltech101_silhouettes: text garbage as the .mat': (
+        'caltech101_silhouettes', _write(_CALTECH_FILE, _TEXT_GARBAGE),
+        f'{_CALTECH_FILE} is not a readable MATLAB v5 .mat file (ValueError: Unknown mat file'),
+    'caltech101_silhouettes: bit-flipped compressed .mat': (
+        'caltech101_silhouettes',
+        _damaged(_CALTECH_FILE, lambda d: _caltech_mat(d, do_compression=True), _flipped_bytes),
+        f'{_CALTECH_FILE} is not a readable MATLAB v5 .mat file'),
+    'omniglot: binary garbage as chardata.mat': (
+        'omniglot', _write('chardata.mat', bytes(range(256)) * 4),
+        'chardata.mat is not a readable MATLAB v5 .mat file'),
+    'binarized_mnist: truncated .amat': (  # cut inside a line
+        'binarized_mnist',
+        _damaged('binarized_mnist_train.amat', _amat_files, lambda content: content[:-100]),
+        'binarized_mnist_train.amat line 6 has 734 values, expected 784'),
+    'binarized_mnist: binary garbage as the .amat': (
+        'binarized_mnist',
+        _damaged('binarized_mnist_valid.amat', _amat_files, lambda _: bytes(range(256))),
+        "binarized_mnist_valid.amat line 1 has the character '\\x00'"),
+}
+
+
+def _train_on_malformed_data(root, fill, fragment, dataset='mnist'):
+  """launch/train.py's main, in this process, on a copy of the prepared run whose data is bad."""
   data = root / 'bad_data'
   data.mkdir()
   run = None
   try:
     fill(data)
-    run = _copy_run(root, 'case_run', {'data_dir': str(data)})
+    dataset_flags = {'data_dir': str(data), 'dataset': dataset,
+                     'binarization': config_lib.default_binarization(dataset)}
+    run = _copy_run(root, 'case_run', dataset_flags)
     before = _snapshot(root)
-    status, _, err = _train_in_process(
-        _flags(dict(TINY, workdir=str(run), data_dir=str(data))))
+    status, _, err = _train_in_process(_flags(dict(TINY, workdir=str(run), **dataset_flags)))
     _check(status, err, fragment, before_after=(before, _snapshot(root)), only_line=True)
   finally:
     shutil.rmtree(data, ignore_errors=True)
@@ -278,7 +376,56 @@ def test_malformed_data_in_process(name, root, tmp_path):
       shutil.rmtree(run, ignore_errors=True)
 
 
+@pytest.mark.parametrize('name', list(DATA_CASES))
+def test_malformed_data_in_process(name, root):
+  _train_on_malformed_data(root, *DATA_CASES[name])
+
+
+@pytest.mark.parametrize('name', list(OTHER_DATASET_CASES))
+def test_malformed_files_of_other_datasets_in_process(name, root):
+  dataset, fill, fragment = OTHER_DATASET_CASES[name]
+  _train_on_malformed_data(root, fill, fragment, dataset)
+
+
 # Run directories in a bad state, and configs that only a loaded run can refuse.
+def _edit_json(name, **fields):
+  """Damage: the run's JSON file `name` edited by hand, `fields` set (valid JSON, wrong types)."""
+  def damage(run, request):
+    del request
+    values = json.loads((run / name).read_text())
+    values.update(fields)
+    (run / name).write_text(json.dumps(values, indent=2))
+  return damage
+
+
+def _checkpoints_of_another_run(run, request):
+  """Damage: checkpoints/ and best/ replaced by those of a vae run; config.json stays."""
+  other = request.getfixturevalue('other_run')
+  for sub in ('checkpoints', 'best'):
+    shutil.rmtree(run / sub)
+    shutil.copytree(other / sub, run / sub)
+
+
+@pytest.fixture(scope='module')
+def other_run(root, tmp_path_factory):
+  """A finished run of another method and size (vae, one component) on the same data."""
+  run = tmp_path_factory.mktemp('other') / 'vae'
+  flags = dict(TINY, method='vae', num_components='1', workdir=str(run),
+               data_dir=str(root / 'data'))
+  status, _, err = _train_in_process(_flags(flags))
+  assert status == 0, err
+  return run
+
+
+def _apply(damage, run, request):
+  """Damages a copy of the run: damage is None, (file, new content) or function(run, request)."""
+  if callable(damage):
+    damage(run, request)
+  elif damage:
+    (run / damage[0]).write_bytes(damage[1])
+
+
+# name: (config changes, damage (`_apply`), fragment)
 RUN_CASES = {
     'train_examples beyond the data': (
         {'train_examples': NUM_TRAIN + 1}, None, 'train_examples=65 is invalid'),
@@ -289,16 +436,41 @@ RUN_CASES = {
     'garbage config.json': ({}, ('config.json', b'{"method": '), 'unreadable config'),
     'garbage checkpoint index': (
         {}, ('checkpoints/ckpt-4.index', b'garbage'), 'no readable checkpoint in'),
+    # Valid JSON of the wrong types, as a hand edit leaves it.
+    'config.json with a number as method': (
+        {}, _edit_json('config.json', method=3), 'config.json: invalid config: method=3;'),
+    'config.json with latent_dim "three"': (
+        {}, _edit_json('config.json', latent_dim='three'),
+        "config.json: invalid config: latent_dim='three'; allowed: an integer >= 1"),
+    'config.json with "xla": "false"': (
+        {}, _edit_json('config.json', xla='false'), "config.json: invalid config: xla='false'"),
+    'config.json that is a JSON list': (
+        {}, ('config.json', b'["rme", 2]'),
+        'config.json: invalid config: a JSON list, expected an object of config fields'),
+    'config.json that is not UTF-8': (
+        {}, ('config.json', b'{"method": "rm\xe9"}'), "unreadable config"),
+    'history.json of strings': (
+        {}, ('history.json', b'["epoch 1", "epoch 2"]'),
+        'history.json (entry 0 is a JSON string, expected an object)'),
+    'history.json with a string step': (
+        {}, ('history.json', b'[{"step": "x"}]'),
+        'history.json (entry 0 has "step": "x", expected an integer >= 0)'),
+    'history.json with string epoch_seconds': (
+        {}, ('history.json', b'[{"step": 4, "epoch_seconds": "1.5"}]'),
+        'history.json (entry 0 has "epoch_seconds": "1.5", expected a number)'),
+    # Another run's checkpoints: the same file names, other shapes.
+    'checkpoints of a vae run': (
+        {}, _checkpoints_of_another_run,
+        '/checkpoints/ckpt-4 does not match the config in '),
 }
 
 
 @pytest.mark.parametrize('name', list(RUN_CASES))
-def test_damaged_run_or_config_in_process(name, root):
+def test_damaged_run_or_config_in_process(name, root, request):
   changes, damage, fragment = RUN_CASES[name]
   run = _copy_run(root, 'case_run', changes)
   try:
-    if damage:
-      (run / damage[0]).write_bytes(damage[1])
+    _apply(damage, run, request)
     flags = dict(TINY, workdir=str(run), data_dir=str(root / 'data'),
                  **{k: str(v) for k, v in changes.items()})
     before = _snapshot(root)
@@ -422,6 +594,8 @@ SUBPROCESS_CASES = {
                            True),
     'main: multi_worker strategy': (
         'main', _main_case(strategy='multi_worker'), 'run launch/train.py on every worker', True),
+    # query
+    'query: unknown flag': ('query', lambda r: ['--colour=red'], "'colour'", True),
 }
 
 
@@ -433,6 +607,173 @@ def test_launcher_refuses_in_one_line(name, root, env):
                           cwd=CWD, env=env, capture_output=True, text=True, timeout=TIMEOUT)
   _check(result.returncode, result.stderr, fragment, before_after=(before, _snapshot(root)),
          only_line=pre_tf)
+
+
+# Subprocess cases that need files made first, in <root>/case/ (removed after the case):
+# name -> (launcher, prepare(root, case, request) -> flags, expected fragment, fails before TF).
+def _train_on_symlink(target):
+  """train with --workdir a symlink at case/link to target(root, case)."""
+  def prepare(root, case, request):
+    del request
+    os.symlink(target(root, case), case / 'link')
+    return _train_case(workdir=str(case / 'link'))(root)
+  return prepare
+
+
+def _train_under_read_only_directory(root, case, request):
+  del request
+  (case / 'read_only').mkdir()
+  os.chmod(case / 'read_only', 0o555)
+  return _train_case(workdir=str(case / 'read_only' / 'run'))(root)
+
+
+def _evaluate_on_symlink_to_a_file(root, case, request):
+  del request
+  os.symlink(root / 'a_file', case / 'link')
+  return [f'--workdir={case / "link"}']
+
+
+def _evaluate_on_data(**arrays):
+  """evaluate of the prepared run with --data_dir an mnist.npz whose arrays are these."""
+  def prepare(root, case, request):
+    del request
+    (case / 'data').mkdir()
+    _npz(case / 'data', x_valid=_mnist_arrays(NUM_HELD_OUT, np.random.default_rng(5)), **arrays)
+    return [f'--workdir={root / "main" / "rme"}', f'--data_dir={case / "data"}']
+  return prepare
+
+
+def _float_test_images(value):
+  x = np.random.default_rng(6).random([NUM_HELD_OUT, 784]).astype(np.float32)
+  x[3, 7] = value
+  return x
+
+
+def _on_damaged_run(launcher, damage, *extra):
+  """launcher on a copy of the prepared run at case/run, damaged as `_apply` does."""
+  def prepare(root, case, request):
+    run = _copy_run(root, 'case/run')
+    _apply(damage, run, request)
+    flags = [f'--workdir={run}', *extra]
+    return flags + [f'--export_dir={case / "exports"}'] if launcher == 'export' else flags
+  return prepare
+
+
+def _query_files(make, *flags):
+  """query with flags naming the path that make(case) returns ({} in a flag)."""
+  def prepare(root, case, request):
+    del root, request
+    path = make(case)
+    return [flag.format(path) for flag in flags]
+  return prepare
+
+
+def _empty_directory(case):
+  (case / 'empty').mkdir()
+  return case / 'empty'
+
+
+def _garbage_saved_model(case):
+  (case / 'export' / '1').mkdir(parents=True)
+  (case / 'export' / '1' / 'saved_model.pb').write_bytes(b'not a SavedModel protocol buffer')
+  return case / 'export' / '1'
+
+
+_MISMATCH = 'does not match the config in '
+PREPARED_CASES = {
+    'train: workdir is a symlink to a file': (
+        'train', _train_on_symlink(lambda root, case: root / 'a_file'),
+        'is a file (a symlink to', True),
+    'train: workdir is a dangling symlink': (
+        'train', _train_on_symlink(lambda root, case: case / 'nowhere'), 'which does not exist',
+        True),
+    'train: workdir under a read-only directory': (
+        'train', _train_under_read_only_directory, 'not writable: Permission denied', True),
+    'evaluate: workdir is a symlink to a file': (
+        'evaluate', _evaluate_on_symlink_to_a_file, 'link is not a directory', True),
+    'evaluate: NaN pixel in x_test': (
+        'evaluate', _evaluate_on_data(x_test=_float_test_images(np.nan)),
+        'x_test contains NaN or infinite pixel values', False),
+    'evaluate: infinite pixel in x_test': (
+        'evaluate', _evaluate_on_data(x_test=_float_test_images(-np.inf)),
+        'x_test contains NaN or infinite pixel values', False),
+    'evaluate: x_test of 100 pixels': (
+        'evaluate', _evaluate_on_data(x_test=np.zeros([NUM_HELD_OUT, 100], np.uint8)),
+        'x_test has shape [20, 100], expected [N, 28, 28] or [N, 784]', False),
+    'evaluate: x_test of 28x27 images': (
+        'evaluate', _evaluate_on_data(x_test=np.zeros([NUM_HELD_OUT, 28, 27], np.uint8)),
+        'x_test has shape [20, 28, 27], expected [N, 28, 28] or [N, 784]', False),
+    'evaluate: config.json with a number as method': (
+        'evaluate', _on_damaged_run('evaluate', _edit_json('config.json', method=3)),
+        'config.json: invalid config: method=3;', True),
+    'evaluate: config.json with latent_dim "three"': (
+        'evaluate', _on_damaged_run('evaluate', _edit_json('config.json', latent_dim='three')),
+        "config.json: invalid config: latent_dim='three'", True),
+    'evaluate: config.json that is a JSON list': (
+        'evaluate', _on_damaged_run('evaluate', ('config.json', b'[]')),
+        'config.json: invalid config: a JSON list', True),
+    'evaluate: history.json of strings': (
+        'evaluate', _on_damaged_run('evaluate', ('history.json', b'["epoch 1"]')),
+        'history.json (entry 0 is a JSON string, expected an object)', False),
+    'evaluate: history.json with a string step': (
+        'evaluate', _on_damaged_run('evaluate', ('history.json', b'[{"step": "x"}]')),
+        'history.json (entry 0 has "step": "x", expected an integer >= 0)', False),
+    'evaluate: best/ of a vae run': (
+        'evaluate', _on_damaged_run('evaluate', _checkpoints_of_another_run),
+        '/best/ckpt-4 ' + _MISMATCH, False),
+    'evaluate --checkpoint=latest: checkpoints/ of a vae run': (
+        'evaluate', _on_damaged_run('evaluate', _checkpoints_of_another_run,
+                                    '--checkpoint=latest'),
+        '/checkpoints/ckpt-4 ' + _MISMATCH, False),
+    'export: best/ of a vae run': (
+        'export', _on_damaged_run('export', _checkpoints_of_another_run),
+        '/best/ckpt-4 ' + _MISMATCH, False),
+    'export: config.json with latent_dim "three"': (
+        'export', _on_damaged_run('export', _edit_json('config.json', latent_dim='three')),
+        "config.json: invalid config: latent_dim='three'", True),
+    # launch/query.py queries a TF Serving server; it takes no SavedModel directory, so these
+    # are directories (an export among them) given where it takes files.
+    'query: --images is an empty directory': (
+        'query', _query_files(_empty_directory, '--images={}'),
+        'empty is a directory, not an image file', True),
+    'query: --images is a directory with a garbage saved_model.pb': (
+        'query', _query_files(_garbage_saved_model, '--images={}'),
+        'is a directory, not an image file (.npy or .png) (it holds a saved_model.pb', True),
+    'query: --images is a garbage saved_model.pb': (
+        'query', _query_files(lambda case: _garbage_saved_model(case) / 'saved_model.pb',
+                              '--images={}'),
+        'unsupported image file type .pb', True),
+    'query: --latents is a directory': (
+        'query', _query_files(_empty_directory, '--signature=decode', '--latents={}'),
+        'is a directory, not a .npy file', True),
+    'query: --output is a directory': (
+        'query', _query_files(lambda case: _empty_directory(case).rename(case / 'out.npz'),
+                              '--images=digits.npy', '--output={}'),
+        'out.npz is a directory; name an .npz file', True),
+}
+# Root ignores file permissions: the read-only case cannot fail for root.
+_NEEDS_PERMISSIONS = ('train: workdir under a read-only directory',)
+
+
+@pytest.mark.parametrize('name', [
+    pytest.param(name, marks=pytest.mark.skipif(
+        name in _NEEDS_PERMISSIONS and os.geteuid() == 0, reason='root ignores permissions'))
+    for name in PREPARED_CASES])
+def test_launcher_refuses_a_prepared_case_in_one_line(name, root, env, request):
+  launcher, prepare, fragment, pre_tf = PREPARED_CASES[name]
+  case = root / 'case'
+  case.mkdir()
+  try:
+    flags = prepare(root, case, request)
+    before = _snapshot(root)
+    result = subprocess.run([sys.executable, '-m', f'launch.{launcher}', *flags],
+                            cwd=CWD, env=env, capture_output=True, text=True, timeout=TIMEOUT)
+    _check(result.returncode, result.stderr, fragment, before_after=(before, _snapshot(root)),
+           only_line=pre_tf)
+  finally:
+    for dirpath, _, _ in os.walk(case):
+      os.chmod(dirpath, 0o755)  # the read-only case's directory
+    shutil.rmtree(case)
 
 
 # --strategy=multi_worker with a missing or malformed TF_CONFIG (TF_CONFIG value, fragment):
