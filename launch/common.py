@@ -22,6 +22,8 @@ from absl import flags  # pylint: disable=g-import-not-at-top
 from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
 
 from rec_vae_tf.training import cluster  # pylint: disable=g-import-not-at-top
+from rec_vae_tf.training import memory  # pylint: disable=g-import-not-at-top
+from rec_vae_tf.training import workdir_lock  # pylint: disable=g-import-not-at-top
 from rec_vae_tf import config as config_lib  # pylint: disable=g-import-not-at-top
 from rec_vae_tf.data import catalog  # pylint: disable=g-import-not-at-top
 from rec_vae_tf import errors  # pylint: disable=g-import-not-at-top
@@ -180,6 +182,67 @@ def check_data_dir(data_dir: str, dataset: str = 'mnist') -> None:
         f'python -m launch.prepare_data --data_dir={data_dir}, or put the MNIST IDX .gz files there')
 
 
+def claim_workdir(workdir: str, cfg: config_lib.Config = None, *, flag: str = '--workdir',
+                  what: str = 'training') -> None:
+  """Before TensorFlow loads: cfg's memory bounded, workdir writable and its lock held until exit.
+
+  The memory check (rec_vae_tf/training/memory.py) refuses a config whose
+  estimate exceeds the machine's RAM with one line giving both, before anything
+  is created. The lock (rec_vae_tf/training/workdir_lock.py) refuses a second
+  writer with one line naming the first; under multi_worker only the chief
+  takes it. A directory created here and left holding nothing but its lock
+  file when the program fails is removed again (`_fail`).
+  """
+  if cfg is not None:
+    memory.check(cfg)
+  created = not os.path.exists(workdir)
+  config_lib.check_workdir(workdir)
+  if cfg is None or cfg.strategy != 'multi_worker' or cluster.from_environment().is_chief:
+    if created:
+      _CREATED.append(workdir)
+    workdir_lock.acquire(workdir, flag=flag, what=what)
+    _CLAIMED.append(workdir)
+
+
+# Directories claim_workdir created, removed by _fail while they hold only the lock file;
+# and the ones it locked, released when the launcher's main ends (`run`).
+_CREATED = []
+_CLAIMED = []
+
+
+def remove_on_failure(directory: str) -> None:
+  """`_fail` removes `directory` if it then holds nothing (or only a lock file)."""
+  _CREATED.append(directory)
+
+
+def _release_claimed() -> None:
+  while _CLAIMED:
+    workdir_lock.release(_CLAIMED.pop())
+  _CREATED.clear()
+
+
+def _remove_created() -> None:
+  for directory in _CREATED:
+    try:
+      if set(os.listdir(directory)) <= {workdir_lock.LOCK_FILE}:
+        if directory in _CLAIMED:
+          _CLAIMED.remove(directory)
+        workdir_lock.release(directory)
+        if os.path.exists(os.path.join(directory, workdir_lock.LOCK_FILE)):
+          os.remove(os.path.join(directory, workdir_lock.LOCK_FILE))
+        os.rmdir(directory)
+    except OSError:
+      pass  # best effort: the error line matters more
+
+
+def _out_of_memory(e: BaseException) -> bool:
+  """A MemoryError, or TensorFlow's ResourceExhaustedError (without importing TensorFlow)."""
+  if isinstance(e, MemoryError):
+    return True
+  tf = sys.modules.get('tensorflow')
+  return tf is not None and isinstance(e, tf.errors.ResourceExhaustedError)
+
+
 # Exit status after SIGTERM stopped training with a checkpoint saved (128 + 15).
 PREEMPTED_EXIT_STATUS = 143
 
@@ -198,6 +261,10 @@ def parse_flags(argv):
 
 def run(main):
   """absl main wrapper: a UserError becomes one line on stderr and exit status 2.
+
+  Running out of memory (ResourceExhaustedError, MemoryError) is one line too,
+  naming the config fields that drive memory, and status 2 (checkpoints are
+  written atomically, so the last good one is kept).
 
   errors.Preempted (SIGTERM during training, checkpoint saved) becomes one line
   `preempted at step N; checkpoint ...; rerun the same command to resume` on
@@ -220,10 +287,18 @@ def run(main):
       sys.exit(PREEMPTED_EXIT_STATUS)
     except KeyboardInterrupt:
       _fail('interrupted; the last checkpoint is kept, re-run the same command to resume')
+    except Exception as e:  # pylint: disable=broad-except  (re-raised unless out of memory)
+      if not _out_of_memory(e):
+        raise
+      values = {k: FLAGS[k].value for k in memory.DRIVERS if k in FLAGS}
+      _fail(memory.out_of_memory_message(e, values))
+    finally:
+      _release_claimed()  # the process's exit would too; this is for in-process callers
   return wrapped
 
 
 def _fail(message: str) -> None:
+  _remove_created()
   sys.stdout.flush()
   sys.stderr.write(f'error: {message}\n')
   sys.stderr.flush()

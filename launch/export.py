@@ -2,7 +2,8 @@ r"""Exports a trained run for TF Serving: a versioned SavedModel, warmup and mod
 
   python -m launch.export --workdir=runs/default/rme --export_dir=exports
 
-Writes <export_dir>/<model_name>/<next integer version>/ (built in a temporary
+Writes <export_dir>/<model_name>/<next integer version>/ (<model_name>: the
+run's method unless given; built in a temporary
 `.incomplete-*` directory, verified through the TF1 session loader that TF
 Serving uses, then renamed into place) with the signatures
 
@@ -17,7 +18,9 @@ Serving uses, then renamed into place) with the signatures
 plus assets.extra/tf_serving_warmup_requests (one PredictRequest per
 signature) and assets.extra/export_summary.json, and adds the model to
 <export_dir>/models.config for `tensorflow_model_server --model_config_file`.
-Prints the summary. Takes a few seconds with the small network.
+Prints the summary, which names the posterior served. Takes a few seconds with
+the small network. One export at a time per model base: a second is refused in
+one line while the first runs (rec_vae_tf/training/workdir_lock.py).
 """
 
 import json
@@ -35,8 +38,8 @@ flags.DEFINE_string('workdir', None, 'Run directory written by launch/train.py.'
 flags.DEFINE_string('export_dir', None,
                     'Export base directory (TF Serving model base): versions go in '
                     '<export_dir>/<model_name>/<N>/, the model config in <export_dir>/models.config.')
-flags.DEFINE_string('model_name', 'rme', 'Model name: the directory under --export_dir and the '
-                    'name clients request.')
+flags.DEFINE_string('model_name', None, 'Model name: the directory under --export_dir and the '
+                    'name clients request (default: the run\'s method, e.g. rme or savae).')
 flags.DEFINE_string('checkpoint', 'best', "'best' (validation-selected), 'latest', or a checkpoint path.")
 flags.DEFINE_integer('num_importance_samples', 1000,
                      'K of the log_likelihood signature, fixed in the graph (cost per request: '
@@ -49,12 +52,13 @@ FLAGS = flags.FLAGS
 _MAX_K = 1_000_000
 
 
-def _validate() -> None:
-  """One-line errors for bad flags, before TensorFlow loads."""
+def _validate() -> str:
+  """One-line errors for bad flags, before TensorFlow loads; returns the model name."""
   if not FLAGS.workdir or not FLAGS.export_dir:
     raise errors.UserError('--workdir and --export_dir are required')
   name = FLAGS.model_name
-  if not re.fullmatch(r'[A-Za-z0-9_.\-]+', name) or name.isdigit() or name.startswith('.'):
+  if name is not None and (not re.fullmatch(r'[A-Za-z0-9_.\-]+', name) or name.isdigit() or
+                           name.startswith('.')):
     raise errors.ConfigError(
         f'invalid flag: model_name={name!r}; allowed: letters, digits, _ . - (not all digits, '
         'not starting with a dot)')
@@ -69,7 +73,8 @@ def _validate() -> None:
                              'allowed: 0 .. 2^31 - 2')
   if os.path.exists(FLAGS.export_dir) and not os.path.isdir(FLAGS.export_dir):
     raise errors.UserError(f'--export_dir={FLAGS.export_dir} exists and is not a directory')
-  config_lib.Config.load(config_lib.config_path(FLAGS.workdir))  # one-line error if not a run
+  cfg = config_lib.Config.load(config_lib.config_path(FLAGS.workdir))  # one line if not a run
+  return name if name is not None else cfg.method  # clients ask for the method by name
 
 
 def _describe(summary) -> str:
@@ -92,7 +97,13 @@ def _describe(summary) -> str:
 
 def main(argv):
   del argv
-  _validate()
+  model_name = _validate()
+  model_dir = os.path.join(os.path.abspath(FLAGS.export_dir), model_name)
+  base_created = not os.path.exists(FLAGS.export_dir)
+  # One exporter per model base (versions are numbered from what is there).
+  common.claim_workdir(model_dir, flag='--export_dir or --model_name', what='export')
+  if base_created:
+    common.remove_on_failure(FLAGS.export_dir)  # after model_dir: removed in that order
   from rec_vae_tf.training import trainer  # pylint: disable=g-import-not-at-top
   from rec_vae_tf.serving import export as export_lib  # pylint: disable=g-import-not-at-top
   cfg, tr, path = trainer.restore_for_evaluation(FLAGS.workdir, which=FLAGS.checkpoint)
@@ -100,7 +111,6 @@ def main(argv):
       tr.method, int(tr.num_active.numpy()), num_pixels=tr.decoder.num_pixels,
       seed=FLAGS.export_seed, num_importance_samples=FLAGS.num_importance_samples,
       chunk=FLAGS.importance_chunk)
-  model_dir = os.path.join(os.path.abspath(FLAGS.export_dir), FLAGS.model_name)
   extra = {'checkpoint': os.path.abspath(path), 'workdir': os.path.abspath(FLAGS.workdir),
            'method': cfg.method, 'step': int(tr.step.numpy())}
   try:
@@ -111,7 +121,7 @@ def main(argv):
     raise errors.UserError(f'cannot write {model_dir}: {e}') from e
   summary = export_lib.read_summary(out)
   summary_path = os.path.join(out, 'assets.extra', export_lib.SUMMARY_FILE)
-  common.log(f'exported version {summary["version"]} of model {FLAGS.model_name!r} to {out}')
+  common.log(f'exported version {summary["version"]} of model {model_name!r} to {out}')
   common.log(_describe(summary))
   common.log(f'  warmup: {os.path.join(out, "assets.extra", export_lib.WARMUP_FILE)}')
   common.log(f'  summary: {summary_path}')

@@ -53,7 +53,7 @@ def main(argv):
         f'invalid flag: methods={",".join(FLAGS.methods)!r}; allowed: a comma-separated list of '
         f'{", ".join(common.config_lib.METHODS)}')
   common.check_data_dir(base.data_dir, base.dataset)
-  common.config_lib.check_workdir(FLAGS.workdir)  # before TensorFlow loads
+  common.claim_workdir(FLAGS.workdir, base)  # writable, locked, memory bounded; before TF loads
   from rec_vae_tf.experiments import experiment  # pylint: disable=g-import-not-at-top  (TF loads after validation)
   experiment.run_comparison(
       base, FLAGS.workdir, methods=FLAGS.methods,

@@ -126,6 +126,9 @@ def main(argv):
                     datasets=FLAGS.datasets, networks=FLAGS.networks)
   for data_dir, dataset in sorted({(c.config.data_dir, c.config.dataset) for c in cells}):
     common.check_data_dir(data_dir, dataset)
+  common.claim_workdir(FLAGS.workdir)  # writable and locked, before TensorFlow loads
+  for cell in cells:
+    common.memory.check(cell.config)
   common.log(f'preset {FLAGS.preset}: {preset.description}')
   # Every cell builds its own compiled functions by design; TensorFlow's
   # "retracing" warnings about that are noise here.
@@ -143,4 +146,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(common.run(main))
+  app.run(common.run(main), flags_parser=common.parse_flags)

@@ -28,13 +28,15 @@ SIGTERM finishes the current chunk (at most 100 steps), saves a checkpoint,
 prints `preempted at step N; checkpoint ...; rerun the same command to resume`
 and exits with status 143 (under multi_worker: a SIGTERM to any worker stops
 all of them at the same step); a bad input is one `error:` line and status 2.
+A second process on the same --workdir is refused at once (a lock released
+when the first exits, even by SIGKILL), and so is a config whose estimated
+memory exceeds the machine's (README, "Faults and preemption").
 """
 
 from absl import app
 from absl import flags
 
 from launch import common
-from rec_vae_tf import config as config_lib
 
 flags.DEFINE_string('workdir', 'runs/train', 'Run directory (created; resumed if it exists).')
 common.define_config_flags()
@@ -45,7 +47,7 @@ def main(argv):
   del argv
   cfg = common.config_from_flags()
   common.check_data_dir(cfg.data_dir, cfg.dataset)
-  config_lib.check_workdir(FLAGS.workdir)  # before TensorFlow loads
+  common.claim_workdir(FLAGS.workdir, cfg)  # writable, locked, memory bounded; before TF loads
   from rec_vae_tf.training import loop  # pylint: disable=g-import-not-at-top  (TF loads after validation)
   result = loop.train(cfg, FLAGS.workdir, log=common.log)
   best = result.trainer.best_validation.numpy()

@@ -113,7 +113,9 @@ def test_launcher_layout_summary_and_model_config(run):
   print(stdout)
   assert f"exported version 1 of model 'rme' to {path}" in stdout
   assert sorted(os.listdir(base)) == ['models.config', 'rme']
-  assert sorted(os.listdir(os.path.join(base, 'rme'))) == ['1']
+  # The versions and the export lock (a dot file: TF Serving reads only numeric names).
+  assert sorted(os.listdir(os.path.join(base, 'rme'))) == ['.lock', '1']
+  assert os.path.getsize(os.path.join(base, 'rme', '.lock')) == 0  # released: no holder
   assert sorted(os.listdir(os.path.join(path, 'assets.extra'))) == [
       'export_summary.json', 'tf_serving_warmup_requests']
 

@@ -539,6 +539,15 @@ SUBPROCESS_CASES = {
     'train: another config in an existing run': (
         'train', _train_case(latent_dim=4), 'different config (fields latent_dim)', False),
     'train: unknown strategy': ('train', _train_case(strategy='gpus'), "strategy='gpus'", True),
+    # sizes beyond the machine's memory (rec_vae_tf/training/memory.py), refused before TF loads
+    'train: latent_dim beyond memory': (
+        'train', _train_case(latent_dim=100000000), 'the config needs about', True),
+    'train: evaluation chunk beyond memory': (
+        'train', _train_case(eval_batch_size=100000, eval_chunk=100000,
+                             num_importance_samples=100000), 'one evaluation chunk', True),
+    'main: 64 encoders of 100000 units beyond memory': (
+        'main', _main_case(num_components=64, encoder_hidden_units=100000),
+        'the config needs about', True),
     # evaluate
     'evaluate: no workdir': ('evaluate', lambda r: [], '--workdir is required', True),
     'evaluate: nonexistent workdir': (

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -138,7 +139,7 @@ def test_export_writes_versions_that_load(trained, data_dir, env, tmp_path):
     stdout = _check_ok(_launch('export', [f'--workdir={workdir}', f'--export_dir={base}'], env))
     assert os.path.join(base, 'rme', version) in stdout
   assert sorted(os.listdir(base)) == ['models.config', 'rme']
-  assert sorted(os.listdir(os.path.join(base, 'rme'))) == ['1', '2']
+  assert sorted(os.listdir(os.path.join(base, 'rme'))) == ['.lock', '1', '2']
   loaded = tf.saved_model.load(os.path.join(base, 'rme', '2'))
   images = np.load(os.path.join(data_dir, 'mnist.npz'))['x_test'][:3] / 255.0
   out = loaded.signatures['encode'](images=tf.constant(images, tf.float32))
@@ -247,6 +248,100 @@ def test_train_resumes_after_sigkill(data_dir, env, tmp_path):
   assert [h['step'] for h in history] == list(range(STEPS_PER_EPOCH, total + 1, STEPS_PER_EPOCH))
   assert history[-1]['num_active'] == components
   assert _latest_step(workdir) == total
+
+
+def _wait_for(condition, proc, what, timeout=TIMEOUT):
+  deadline = time.monotonic() + timeout
+  while not condition():
+    assert proc.poll() is None, f'the process ended before {what}'
+    assert time.monotonic() < deadline, f'no {what} in time'
+    time.sleep(0.05)
+
+
+def _lock_text(workdir):
+  try:
+    with open(os.path.join(workdir, '.lock')) as f:
+      return f.read()
+  except OSError:
+    return ''
+
+
+def test_one_writer_per_workdir_and_a_killed_holder_leaves_no_lock(data_dir, env, tmp_path):
+  workdir = str(tmp_path / 'job' / 'rme')  # also the main job's RME run in tmp_path/job
+  flags = [f'--workdir={workdir}', f'--data_dir={data_dir}', '--epochs=100000'] + [
+      f for f in TINY if not f.startswith('--epochs=')]
+  first = subprocess.Popen([sys.executable, '-m', 'launch.train', *flags], cwd=CWD, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  third = None
+  try:
+    _wait_for(lambda: _lock_text(workdir).startswith(f'{first.pid} '), first, 'lock')
+    _wait_for(lambda: os.path.exists(os.path.join(workdir, 'history.json')), first, 'history')
+    # A second training on the same workdir: refused at once (before TensorFlow loads).
+    start = time.monotonic()
+    second = _launch('train', flags, env)
+    message = _check_one_line_error(second)
+    assert second.returncode == 2
+    assert message == (f'error: {os.path.abspath(workdir)} is in use by another training process '
+                       f'(pid {first.pid} on host {socket.gethostname()}); wait for it or use '
+                       'another --workdir'), message
+    print(f'refused in {time.monotonic() - start:.1f} s')
+    # The main job locks its directory, and each run in it (loop.train) too: refused there.
+    main = _launch('main', [f'--workdir={tmp_path / "job"}', f'--data_dir={data_dir}',
+                            '--methods=rme'] + TINY[1:], env)
+    assert _check_one_line_error(main) == message
+    first.send_signal(signal.SIGKILL)
+    assert first.wait(timeout=30) == -signal.SIGKILL
+    # The kernel released the lock with the process: the next start trains (and resumes).
+    steps = _latest_step(workdir) or 0
+    third = subprocess.Popen([sys.executable, '-m', 'launch.train', *flags], cwd=CWD, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: (_latest_step(workdir) or 0) > steps, third, 'a checkpoint after resuming')
+    assert _lock_text(workdir).startswith(f'{third.pid} ')
+    third.send_signal(signal.SIGTERM)
+    _, err = third.communicate(timeout=60)
+    assert third.returncode == 143, err[-2000:]  # preempted after training: it held the lock
+  finally:
+    for proc in (first, third):
+      if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def test_memory_beyond_the_machine_is_refused_before_anything_is_written(data_dir, env, tmp_path):
+  workdir = tmp_path / 'huge'
+  result = _launch('train', [f'--workdir={workdir}', f'--data_dir={data_dir}',
+                             '--latent_dim=100000000'] + TINY[:1], env)
+  message = _check_one_line_error(result)
+  assert result.returncode == 2 and message.startswith('error: the config needs about '), message
+  assert 'more than this machine' in message and 'latent_dim=100000000' in message
+  assert not workdir.exists()
+
+
+def test_out_of_memory_inside_a_launcher_is_one_line(capsys):
+  from launch import common  # pylint: disable=g-import-not-at-top
+  def main(argv):
+    del argv
+    raise tf.errors.ResourceExhaustedError(
+        None, None, 'OOM when allocating tensor with shape[4,200,100000000]\nmore detail')
+  with pytest.raises(SystemExit) as e:
+    common.run(main)(['prog'])
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and err.startswith(
+      'error: out of memory (ResourceExhaustedError: OOM when allocating tensor with '
+      'shape[4,200,100000000]); the sizes that drive it: '), err
+  assert err.rstrip().endswith('the last good checkpoint is kept')
+
+
+def test_export_names_the_model_after_the_method(data_dir, env, tmp_path):
+  workdir, base = str(tmp_path / 'vae'), str(tmp_path / 'exports')
+  _check_ok(_launch('train', [f'--workdir={workdir}', f'--data_dir={data_dir}', '--method=vae',
+                              '--epochs=1', f'--batch_size={BATCH}', '--latent_dim=3',
+                              '--xla=false'], env))
+  stdout = _check_ok(_launch('export', [f'--workdir={workdir}', f'--export_dir={base}'], env))
+  assert f"exported version 1 of model 'vae' to {os.path.join(base, 'vae', '1')}" in stdout
+  assert 'posterior served:' in stdout
+  assert sorted(os.listdir(base)) == ['models.config', 'vae']
 
 
 def test_main_runs_the_semi_amortized_baselines(data_dir, env, tmp_path):

@@ -31,6 +31,7 @@ from rec_vae_tf.evaluation import rows as rows_lib
 from rec_vae_tf.experiments import plots
 from rec_vae_tf.training import loop as loop_lib
 from rec_vae_tf.training import runstate
+from rec_vae_tf.training import workdir_lock
 
 RESULTS_FILE = 'results.json'
 
@@ -117,25 +118,26 @@ def run_comparison(base: config_lib.Config, workdir: str, *,
   """
   cfgs = [method_config(base, m) for m in methods]  # validate everything first
   runstate.check_workdir(workdir)
-  rows, results = [], {}
-  for cfg in cfgs:
-    run_dir = os.path.join(workdir, cfg.method)
-    method_log = lambda s, m=cfg.method: log(f'[{m}] {s}')
-    result = loop_lib.train(cfg, run_dir, load_data=load_data, make_networks=make_networks,
-                            log=method_log)
-    rows.append(rows_lib.evaluate_run(
-        run_dir, result.trainer, splits=result.splits, train_seconds=result.train_seconds,
-        epochs_done=len(result.history), num_importance_samples=num_importance_samples,
-        examples=test_examples, eval_seed=eval_seed, log=method_log))
-    results[cfg.method] = result
-  config_lib.write_json_atomic(os.path.join(workdir, RESULTS_FILE), rows)
-  table = format_table(rows)
-  config_lib.write_text_atomic(os.path.join(workdir, 'results.md'), table)
-  log('\n' + table)
-  _save_pictures(base, workdir, results, rows, eval_seed)
-  if export and 'rme' in results:
-    _export(results['rme'], workdir, eval_seed, log)
-  return rows
+  with workdir_lock.hold(workdir):  # one writer (training/workdir_lock.py)
+    rows, results = [], {}
+    for cfg in cfgs:
+      run_dir = os.path.join(workdir, cfg.method)
+      method_log = lambda s, m=cfg.method: log(f'[{m}] {s}')
+      result = loop_lib.train(cfg, run_dir, load_data=load_data, make_networks=make_networks,
+                              log=method_log)
+      rows.append(rows_lib.evaluate_run(
+          run_dir, result.trainer, splits=result.splits, train_seconds=result.train_seconds,
+          epochs_done=len(result.history), num_importance_samples=num_importance_samples,
+          examples=test_examples, eval_seed=eval_seed, log=method_log))
+      results[cfg.method] = result
+    config_lib.write_json_atomic(os.path.join(workdir, RESULTS_FILE), rows)
+    table = format_table(rows)
+    config_lib.write_text_atomic(os.path.join(workdir, 'results.md'), table)
+    log('\n' + table)
+    _save_pictures(base, workdir, results, rows, eval_seed)
+    if export and 'rme' in results:
+      _export(results['rme'], workdir, eval_seed, log)
+    return rows
 
 
 def _save_pictures(base, workdir, results, rows, eval_seed) -> None:

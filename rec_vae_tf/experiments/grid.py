@@ -40,6 +40,7 @@ from rec_vae_tf.data import catalog as data_catalog
 from rec_vae_tf.data import pipeline as data_lib
 from rec_vae_tf import errors
 from rec_vae_tf.evaluation import rows as rows_lib
+from rec_vae_tf.training import memory
 
 # variant -> the method it trains (the capacity-matched VAE is a vae with a wider encoder).
 VARIANTS = {
@@ -163,19 +164,8 @@ def _axes_tags(cfg: config_lib.Config) -> List[str]:
 
 
 # ------------------------------------------------------------------ capacity
-def encoder_parameters(num_pixels: int, hidden: Sequence[int], latent_dim: int,
-                       num_components: int, eps_mode: str) -> int:
-  """Trainable parameters of `networks.MixtureEncoder` (dense), in closed form."""
-  per, width = 0, num_pixels
-  for h in hidden:
-    per += width * h + h
-    width = h
-  per += 2 * (width * latent_dim + latent_dim)  # loc and scale heads
-  if eps_mode == 'amortized':
-    per += width + 1
-  elif eps_mode == 'global':
-    per += 1
-  return num_components * per
+# Trainable parameters of a dense MixtureEncoder in closed form (also the memory estimate's).
+encoder_parameters = memory.encoder_parameters
 
 
 def matched_encoder_width(cfg: config_lib.Config, num_pixels: int = data_catalog.NUM_PIXELS) -> int:
@@ -365,33 +355,35 @@ def run_grid(cells: Sequence[Cell], workdir: str, *, num_importance_samples: int
   selects (`rec_vae_tf.models.builders`, through `loop.train`).
   """
   from rec_vae_tf.training import runstate  # pylint: disable=g-import-not-at-top
+  from rec_vae_tf.training import workdir_lock  # pylint: disable=g-import-not-at-top
   runstate.check_workdir(workdir)
-  os.makedirs(os.path.join(workdir, 'cells'), exist_ok=True)
-  rows, start = [], time.perf_counter()
-  done_before = sum(os.path.exists(_cell_path(workdir, c)) for c in cells)
-  log(f'{len(cells)} cells, {done_before} already finished')
-  for i, cell in enumerate(cells):
-    path = _cell_path(workdir, cell)
-    if os.path.exists(path):
-      with open(path) as f:
-        row = json.load(f)
-      if _finished(row, cell, stratified):
-        rows.append(row)
-        continue
-      log(f'{path} was written for another config or by older code; running the cell again '
-          '(a finished training is reused)')
-    tag = ' '.join([cell.ablation or cell.variant] + _axes_tags(cell.config))
-    log(f'[{i + 1}/{len(cells)}] {tag} M={cell.config.num_components} seed={cell.config.seed} '
-        f'({cell.split}; {time.perf_counter() - start:.0f}s into this run)')
-    row = run_cell(cell, workdir, num_importance_samples=num_importance_samples,
-                   examples=test_examples if cell.split == 'test' else valid_examples,
-                   load_data=load_data, make_networks=make_networks, stratified=stratified,
-                   log=lambda s, t=tag: log(f'  [{t}] {s}'))
-    config_lib.write_json_atomic(path, row)
-    log(f'  [{tag}] {cell.split} log p(x) {row["log_likelihood"]:.2f}, ELBO {row["elbo"]:.2f}, '
-        f'{row["seconds_per_epoch"]:.1f} s/epoch, {row["inference_ms_per_batch"]:.2f} ms/batch')
-    rows.append(row)
-  return rows
+  with workdir_lock.hold(workdir):  # one writer (training/workdir_lock.py)
+    os.makedirs(os.path.join(workdir, 'cells'), exist_ok=True)
+    rows, start = [], time.perf_counter()
+    done_before = sum(os.path.exists(_cell_path(workdir, c)) for c in cells)
+    log(f'{len(cells)} cells, {done_before} already finished')
+    for i, cell in enumerate(cells):
+      path = _cell_path(workdir, cell)
+      if os.path.exists(path):
+        with open(path) as f:
+          row = json.load(f)
+        if _finished(row, cell, stratified):
+          rows.append(row)
+          continue
+        log(f'{path} was written for another config or by older code; running the cell again '
+            '(a finished training is reused)')
+      tag = ' '.join([cell.ablation or cell.variant] + _axes_tags(cell.config))
+      log(f'[{i + 1}/{len(cells)}] {tag} M={cell.config.num_components} seed={cell.config.seed} '
+          f'({cell.split}; {time.perf_counter() - start:.0f}s into this run)')
+      row = run_cell(cell, workdir, num_importance_samples=num_importance_samples,
+                     examples=test_examples if cell.split == 'test' else valid_examples,
+                     load_data=load_data, make_networks=make_networks, stratified=stratified,
+                     log=lambda s, t=tag: log(f'  [{t}] {s}'))
+      config_lib.write_json_atomic(path, row)
+      log(f'  [{tag}] {cell.split} log p(x) {row["log_likelihood"]:.2f}, ELBO {row["elbo"]:.2f}, '
+          f'{row["seconds_per_epoch"]:.1f} s/epoch, {row["inference_ms_per_batch"]:.2f} ms/batch')
+      rows.append(row)
+    return rows
 
 
 def _cell_path(workdir: str, cell: Cell) -> str:

@@ -43,6 +43,7 @@ from rec_vae_tf.evaluation import likelihood
 from rec_vae_tf.models import builders
 from rec_vae_tf.training import distribute
 from rec_vae_tf.training import runstate
+from rec_vae_tf.training import workdir_lock
 from rec_vae_tf.training import trainer as trainer_lib
 
 # At most this many steps per call of the compiled loop (`train_steps`). The
@@ -132,7 +133,8 @@ def train(cfg: config_lib.Config, workdir: str, *,
   Returns:
     TrainResult with the trainer restored to the selected (best validation) state.
   Raises:
-    UserError: bad workdir, config mismatch, data problems, no room for the
+    UserError: bad workdir, another process holding its lock
+      (`workdir_lock.WorkdirInUse`), config mismatch, data problems, no room for the
       checkpoints, a failed checkpoint or history write (the previous
       checkpoint is kept), no readable checkpoint; a batch size the replicas
       do not divide; a strategy that cannot start (no TPU); under
@@ -148,7 +150,10 @@ def train(cfg: config_lib.Config, workdir: str, *,
   runstate.check_workdir(workdir)
   # First: MultiWorkerMirroredStrategy must exist before TensorFlow runs anything else.
   dist = distribute.get(cfg.strategy)
-  with runstate.PreemptionGuard() as preemption, runstate.op_determinism(cfg.deterministic):
+  # One writer per run directory (the chief's, under multi_worker); nested under a launcher's.
+  with (workdir_lock.hold(workdir, enabled=dist.is_chief),
+        runstate.PreemptionGuard() as preemption,
+        runstate.op_determinism(cfg.deterministic)):
     try:
       return _train(cfg, workdir, preemption, dist, load_data=load_data,
                     make_networks=make_networks, log=log, stop_after_steps=stop_after_steps)
@@ -541,7 +546,8 @@ def _finish(run: _Run) -> TrainResult:
   best = (trainer.best_manager.latest_checkpoint if dist.is_chief else
           tf.train.latest_checkpoint(trainer.best_manager.directory))
   if finished and best:
-    runstate.restore_or_fail(trainer.best_checkpoint, best)
+    runstate.restore_or_fail(trainer.best_checkpoint, best,
+                             config_file=config_lib.config_path(run.workdir))
     trainer.num_active.assign(trainer.best_active)
   return TrainResult(trainer=trainer, history=run.history, train_seconds=run.train_seconds,
                      steps=run.step, splits=run.splits, ran_steps=run.step - run.first_step)
