@@ -8,6 +8,11 @@ in one process on whatever device TensorFlow sees (a GPU if there is one):
 
   * training step time per example: the VAE and RME with M = --components,
     with and without XLA (and, with --mixed_precision_rows, with bfloat16);
+    with --bound_rows, each importance-weighted bound beside the bound it
+    replaces: rme with mixture_bound=iw against rme, mixture (SIWAE) against
+    mixture, iwae with DReG against iwae (M = --inference_components samples);
+    with --strategy_rows, the VAE and RME steps on the tf.distribute path
+    (MirroredStrategy with one replica) beside the default path;
   * amortized inference (one encoder pass, the posterior's weights, means and
     scales) per batch: the VAE and RME(M = --inference_components); and
     SA-VAE: the VAE's encoder followed by K = --savae_steps refinement steps
@@ -46,7 +51,6 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
@@ -73,6 +77,14 @@ flags.DEFINE_integer('repeats', 7, 'Interleaved timing rounds (medians over them
 flags.DEFINE_integer('pipeline_steps', 200, 'Training steps timed around next() per model.')
 flags.DEFINE_integer('train_examples', 60000, 'Synthetic training images for the input pipeline.')
 flags.DEFINE_list('peak_sizes', ['1024', '2048', '4096'], 'n of the n x n matmuls timed for the peak.')
+flags.DEFINE_boolean('bound_rows', True,
+                     'Also time the training steps of rme with the importance-weighted bound, '
+                     'mixture (elbo and iw) and iwae (plain and DReG) at M = '
+                     '--inference_components, for the cost ratios of the IW bounds.')
+flags.DEFINE_boolean('strategy_rows', True,
+                     'Also time the VAE and RME(M = --inference_components) training steps on the '
+                     'tf.distribute path (MirroredStrategy, one replica on this device) beside '
+                     'the default path.')
 flags.DEFINE_boolean('no_xla_rows', True, 'Also time every training step without XLA.')
 flags.DEFINE_boolean('mixed_precision_rows', True,
                      'Also time the VAE and RME(M = --inference_components) steps with mixed precision.')
@@ -91,6 +103,7 @@ TARGETS = {  # ratio name -> (comparison, bound), from the issue
     'eval_flops_over_peak': ('>=', 0.5),
     'train_rme_m4_flops_over_peak_xla': ('>=', 0.25),
     'input_wait_fraction': ('<', 0.05),
+    'train_rme_m4_iw_over_rme_m4_xla': ('<=', 1.10),
 }
 
 
@@ -259,6 +272,51 @@ def main(argv):
       cases.append(_Case(name, run, steps * batch, 'example',
                          train_step_flops(1, m, 1, hidden, latent), group='train'))
 
+  # --- the importance-weighted bounds, each beside the bound it replaces (XLA, M = ref_m
+  # samples per step for every row: iwae's k = M, the mixtures' one sample per component)
+  bound_specs = {  # label -> (method, components, train samples, config changes)
+      f'rme_m{ref_m}_iw': ('rme', ref_m, 1, {'mixture_bound': 'iw'}),
+      f'mixture_m{ref_m}': ('mixture', ref_m, 1, {}),
+      f'mixture_m{ref_m}_iw': ('mixture', ref_m, 1, {'mixture_bound': 'iw'}),
+      f'iwae_k{ref_m}': ('iwae', 1, ref_m, {}),
+      f'iwae_k{ref_m}_dreg': ('iwae', 1, ref_m, {'dreg': True}),
+  }
+  if FLAGS.bound_rows:
+    for label, (method, m, samples, changes) in bound_specs.items():
+      cfg = config_lib.default_config(
+          method, num_components=m, latent_dim=latent, batch_size=batch, xla=True,
+          schedule='simultaneous', num_train_samples=samples, **changes).validate()
+      tr = trainer_lib.Trainer(cfg, workdir, make_networks=make_networks, num_pixels=NUM_PIXELS)
+      iterator = iter(tf.data.Dataset.from_tensors(x).repeat())
+      args = (tf.constant(steps, tf.int32), tr.num_active.read_value(), tf.constant(0, tf.int32))
+      run = (lambda tr=tr, it=iterator, args=args:
+             _timed(lambda: tr.train_steps(it, *args)['mixture_elbo'].numpy()))
+      name = f'train_{label}_xla'
+      trainers[name] = tr
+      cases.append(_Case(name, run, steps * batch, 'example',
+                         train_step_flops(1, m, samples, hidden, latent), group='train'))
+
+  # --- the tf.distribute code path on this one device (MirroredStrategy, one replica),
+  # beside the default path (rows train_*_xla above): what "one code path" would cost.
+  if FLAGS.strategy_rows:
+    from rec_vae_tf.training import distribute  # pylint: disable=g-import-not-at-top
+    dist = distribute.get('mirrored')
+    for label, m in (('vae', 1), (f'rme_m{ref_m}', ref_m)):
+      cfg = config_lib.default_config(
+          'vae' if m == 1 else 'rme', num_components=m, latent_dim=latent, batch_size=batch,
+          xla=True, schedule='simultaneous').validate()
+      tr = trainer_lib.Trainer(cfg, workdir, make_networks=make_networks, num_pixels=NUM_PIXELS,
+                               distribution=dist)
+      iterator = iter(dist.strategy.distribute_datasets_from_function(
+          lambda context: tf.data.Dataset.from_tensors(x).repeat()))
+      args = (tf.constant(steps, tf.int32), tr.num_active.read_value(), tf.constant(0, tf.int32))
+      run = (lambda tr=tr, it=iterator, args=args:
+             _timed(lambda: tr.train_steps(it, *args)['mixture_elbo'].numpy()))
+      name = f'train_{label}_mirrored_xla'
+      trainers[name] = tr
+      cases.append(_Case(name, run, steps * batch, 'example',
+                         train_step_flops(1, m, 1, hidden, latent), group='train'))
+
   # --- amortized inference: the RME posterior, the VAE posterior, SA-VAE
   # Back-to-back calls, as when serving: one cold call per round would mostly
   # time the thread pool waking up after the previous measurement.
@@ -380,6 +438,16 @@ def main(argv):
     for label in ('vae', f'rme_m{ref_m}'):
       ratios[f'mixed_precision_speedup_train_{label}'] = (
           per(f'train_{label}_xla') / per(f'train_{label}_xla_mixed'))
+  if FLAGS.bound_rows:  # what the importance-weighted bound costs over the one it replaces
+    for label, reference in ((f'rme_m{ref_m}_iw', f'rme_m{ref_m}'),
+                             (f'mixture_m{ref_m}_iw', f'mixture_m{ref_m}'),
+                             (f'iwae_k{ref_m}_dreg', f'iwae_k{ref_m}')):
+      ratios[f'train_{label}_over_{reference}_xla'] = (
+          per(f'train_{label}_xla') / per(f'train_{reference}_xla'))
+  if FLAGS.strategy_rows:  # > 1: the strategy path is slower than the default one
+    for label in ('vae', f'rme_m{ref_m}'):
+      ratios[f'train_{label}_mirrored_over_default_xla'] = (
+          per(f'train_{label}_mirrored_xla') / per(f'train_{label}_xla'))
   ratios[f'inference_rme_m{ref_m}_over_vae'] = per(f'inference_rme_m{ref_m}') / per('inference_vae')
   for k in parsed['savae_steps']:
     ratios[f'inference_savae{k}_over_rme_m{ref_m}'] = (
@@ -388,6 +456,9 @@ def main(argv):
   for label, _ in train_specs:
     for mode, _, _ in modes:
       ratios[f'train_{label}_flops_over_peak_{mode}'] = timings[f'train_{label}_{mode}']['fraction_of_peak']
+  if FLAGS.bound_rows:
+    for label in bound_specs:
+      ratios[f'train_{label}_flops_over_peak_xla'] = timings[f'train_{label}_xla']['fraction_of_peak']
   for label, value in pipeline.items():
     ratios[f'input_wait_fraction_{label}'] = value['wait_fraction']
   ratios['input_wait_fraction'] = max(v['wait_fraction'] for v in pipeline.values())
@@ -408,7 +479,7 @@ def main(argv):
       'flags': {name: FLAGS[name].value for name in (
           'components', 'inference_components', 'savae_steps', 'hidden_units', 'latent_dim',
           'batch_size', 'num_importance_samples', 'eval_chunk', 'steps_per_repeat',
-          'calls_per_repeat', 'repeats',
+          'calls_per_repeat', 'repeats', 'bound_rows', 'strategy_rows',
           'pipeline_steps', 'train_examples', 'peak_sizes')},
       'timings': timings,
       'input_pipeline': pipeline,

@@ -69,6 +69,35 @@ def default_binarization(dataset: str) -> str:
   return DATASET_BINARIZATIONS.get(dataset, BINARIZATIONS)[0]
 
 
+class _FieldCheck:
+  """Config.validate's checks of one field: fail naming field, value and what is allowed."""
+
+  def __init__(self, cfg: 'Config'):
+    self.cfg = cfg
+
+  def fail(self, field, allowed):
+    raise errors.ConfigError(
+        f'invalid config: {field}={getattr(self.cfg, field)!r}; allowed: {allowed}')
+
+  def choice(self, field, options):
+    if getattr(self.cfg, field) not in options:
+      self.fail(field, 'one of ' + ', '.join(options))
+
+  def integer(self, field, low, high=None):
+    value = getattr(self.cfg, field)
+    if (isinstance(value, bool) or not isinstance(value, int) or value < low or
+        (high is not None and value > high)):
+      self.fail(field, f'an integer >= {low}' + (f' and <= {high}' if high else ''))
+
+  def real(self, field, low, high, high_open=False):
+    value = getattr(self.cfg, field)
+    ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and
+          math.isfinite(value) and low <= value and
+          (value < high if high_open else value <= high))
+    if not ok:
+      self.fail(field, f'a number in [{low}, {high}{")" if high_open else "]"}')
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
   """Everything that defines a run. All fields are plain JSON values."""
@@ -154,28 +183,14 @@ class Config:
   # ------------------------------------------------------------- validation
   def validate(self) -> 'Config':
     """Checks every field; raises ConfigError naming field, value and what is allowed."""
-    def fail(field, allowed):
-      raise errors.ConfigError(
-          f'invalid config: {field}={getattr(self, field)!r}; allowed: {allowed}')
+    check = _FieldCheck(self)
+    self._validate_model(check)
+    self._validate_training(check)
+    return self
 
-    def choice(field, options):
-      if getattr(self, field) not in options:
-        fail(field, 'one of ' + ', '.join(options))
-
-    def integer(field, low, high=None):
-      value = getattr(self, field)
-      if (isinstance(value, bool) or not isinstance(value, int) or value < low or
-          (high is not None and value > high)):
-        fail(field, f'an integer >= {low}' + (f' and <= {high}' if high else ''))
-
-    def real(field, low, high, high_open=False):
-      value = getattr(self, field)
-      ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and
-            math.isfinite(value) and low <= value and
-            (value < high if high_open else value <= high))
-      if not ok:
-        fail(field, f'a number in [{low}, {high}{")" if high_open else "]"}')
-
+  def _validate_model(self, check: '_FieldCheck') -> None:
+    """What is trained, on which data: method, networks, options."""
+    fail, choice, integer = check.fail, check.choice, check.integer
     choice('method', METHODS)
     choice('dataset', DATASETS)
     choice('binarization', BINARIZATIONS)
@@ -208,6 +223,10 @@ class Config:
              'take it)')
     integer('flow_steps', 1, 64)
     integer('flow_hidden_units', 1, 100000)
+
+  def _validate_training(self, check: '_FieldCheck') -> None:
+    """The objective's numbers, optimisation, evaluation and the plain-typed fields."""
+    fail, integer, real = check.fail, check.integer, check.real
     real('kl_weight', 0.0, 1.0, high_open=True)
     real('prior_floor', 0.0, 1.0, high_open=True)
     real('epochs_per_component', 0.0, 1e6)
@@ -239,7 +258,6 @@ class Config:
                   'bound_to_encoders'):
       if not isinstance(getattr(self, field), bool):
         fail(field, 'true or false')
-    return self
 
   # -------------------------------------------------------------- recursion
   def last_activation_epoch(self) -> float:

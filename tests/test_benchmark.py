@@ -38,6 +38,9 @@ def test_dry_run_writes_every_ratio(tmp_path):
 
   trains = [f'train_{label}_{mode}' for mode in ('xla', 'noxla') for label in ('vae', 'rme_m1', 'rme_m2')]
   trains += ['train_vae_xla_mixed', 'train_rme_m2_xla_mixed']
+  trains += [f'train_{label}_xla' for label in ('rme_m2_iw', 'mixture_m2', 'mixture_m2_iw',
+                                                 'iwae_k2', 'iwae_k2_dreg')]
+  trains += ['train_vae_mirrored_xla', 'train_rme_m2_mirrored_xla']
   expected_timings = trains + [
       'inference_vae', 'inference_rme_m2', 'inference_savae2', 'inference_savae3',
       'eval_rme_m2_k16', 'peak_matmul_64_tf', 'peak_matmul_64_xla']
@@ -54,9 +57,14 @@ def test_dry_run_writes_every_ratio(tmp_path):
       ['mixed_precision_speedup_train_vae', 'mixed_precision_speedup_train_rme_m2',
        'inference_rme_m2_over_vae', 'inference_savae2_over_rme_m2', 'inference_savae3_over_rme_m2',
        'eval_flops_over_peak', 'input_wait_fraction_vae', 'input_wait_fraction_rme_m2',
-       'input_wait_fraction'] +
+       'input_wait_fraction', 'train_rme_m2_iw_over_rme_m2_xla',
+       'train_mixture_m2_iw_over_mixture_m2_xla', 'train_iwae_k2_dreg_over_iwae_k2_xla',
+       'train_vae_mirrored_over_default_xla', 'train_rme_m2_mirrored_over_default_xla'] +
       [f'train_{label}_flops_over_peak_{mode}' for label in ('vae', 'rme_m1', 'rme_m2')
-       for mode in ('xla', 'noxla')])
+       for mode in ('xla', 'noxla')] +
+      [f'train_{label}_flops_over_peak_xla' for label in ('rme_m2_iw', 'mixture_m2',
+                                                           'mixture_m2_iw', 'iwae_k2',
+                                                           'iwae_k2_dreg')])
   assert sorted(report['ratios']) == sorted(expected_ratios)
   for name, value in report['ratios'].items():
     assert _positive_finite(value), (name, value)

@@ -23,6 +23,7 @@ import math
 from typing import Callable, NamedTuple, Optional
 
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 from rec_vae_tf.models import posterior
 
@@ -187,9 +188,8 @@ def mixture_iw_bound(log_alpha, log_weights):
   Args:
     log_alpha: [B, M]; log_weights: [S, B, M] log p(x, z_sj) - log Q(z_sj|x).
   """
-  num_samples = tf.cast(tf.shape(log_weights)[0], log_weights.dtype)
-  return (tf.reduce_logsumexp(log_alpha[None] + log_weights, axis=[0, 2]) -
-          tf.math.log(num_samples))
+  per_sample = tf.reduce_logsumexp(log_alpha[None] + log_weights, axis=2)  # [S, B]
+  return tfp.math.reduce_logmeanexp(per_sample, axis=0)
 
 
 def gaussian_kl_to_standard_normal(loc, scale):
@@ -200,8 +200,7 @@ def gaussian_kl_to_standard_normal(loc, scale):
 
 def iwae_bound(log_weights):
   """log (1/K) sum_k exp(log_weights[k]): [K, B] -> [B]. With K = 1 it is the ELBO."""
-  num = tf.cast(tf.shape(log_weights)[0], log_weights.dtype)
-  return tf.reduce_logsumexp(log_weights, axis=0) - tf.math.log(num)
+  return tfp.math.reduce_logmeanexp(log_weights, axis=0)
 
 
 def flow_terms(
