@@ -67,7 +67,7 @@ def main(argv):
   from rec_vae_tf.training import trainer  # pylint: disable=g-import-not-at-top
   # The run's history and the data first: a damaged file is refused before the networks are built.
   train_seconds, epochs = rows.training_cost(FLAGS.workdir)
-  splits = builders.load_data_fn(cfg)(FLAGS.data_dir or cfg.data_dir)
+  splits = builders.load_data_fn(cfg, log=common.log)(FLAGS.data_dir or cfg.data_dir)
   cfg, tr, path = trainer.restore_for_evaluation(FLAGS.workdir, which=FLAGS.checkpoint,
                                                  distribution=dist)
   # savae / vae_svi: proposal, ELBO and encoder time use the refined posterior.

