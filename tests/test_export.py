@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from google.protobuf import text_format
+from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from rec_vae_tf.serving import export as export_lib
@@ -209,9 +210,18 @@ def test_tf2_load_matches_eager(run):
   assert means.shape == (B, P) and np.all((means >= 0) & (means <= 1))
 
 
+def _read_warmup(path):
+  """The PredictionLog records of a warmup file."""
+  logs = []
+  for record in tf.data.TFRecordDataset(path):
+    log = prediction_log_pb2.PredictionLog()
+    log.ParseFromString(record.numpy())
+    logs.append(log)
+  return logs
+
+
 def test_warmup_requests_parse_match_signatures_and_run(run):
-  logs = export_lib.read_warmup(os.path.join(run['path'], 'assets.extra',
-                                             export_lib.WARMUP_FILE))
+  logs = _read_warmup(os.path.join(run['path'], 'assets.extra', export_lib.WARMUP_FILE))
   assert all(log.WhichOneof('log_type') == 'predict_log' for log in logs)
   requests = [log.predict_log.request for log in logs]
   assert sorted(r.model_spec.signature_name for r in requests) == sorted(export_lib.SIGNATURES)

@@ -36,8 +36,8 @@ def test_bits_per_dim():
   assert likelihoods.bits_per_dim(-3072 * math.log(2.0) * 3.5, 3072) == pytest.approx(3.5)
   nats = np.array([-100.0, -2000.0])
   np.testing.assert_allclose(likelihoods.bits_per_dim(nats, 784), -nats / (784 * np.log(2)))
-  np.testing.assert_allclose(
-      likelihoods.nats_from_bits_per_dim(likelihoods.bits_per_dim(nats, 784), 784), nats)
+  # Back to nats: log p(x) = -bpd * P * ln 2.
+  np.testing.assert_allclose(-likelihoods.bits_per_dim(nats, 784) * 784 * np.log(2), nats)
   bpd = likelihoods.bits_per_dim(tf.constant(-8.0 * 12 * math.log(2.0)), 12)
   assert float(bpd) == pytest.approx(8.0)  # a uniform 8-bit pixel costs 8 bits
 

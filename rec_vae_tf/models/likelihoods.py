@@ -85,11 +85,6 @@ def bits_per_dim(nats, num_dims: int):
   return -nats / (num_dims * math.log(2.0))
 
 
-def nats_from_bits_per_dim(bpd, num_dims: int):
-  """The inverse of `bits_per_dim`: log p(x) per image in nats."""
-  return -bpd * num_dims * math.log(2.0)
-
-
 def discretized_logistic_log_prob(x, loc, log_scale, x_max: float = 255.0):
   """log p(x) per subpixel under a discretized logistic (module docstring).
 

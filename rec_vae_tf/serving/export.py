@@ -395,16 +395,6 @@ def write_warmup(path: str, requests) -> None:
       writer.write(log.SerializeToString())
 
 
-def read_warmup(path: str):
-  """The PredictionLog records of a warmup file."""
-  logs = []
-  for record in tf.data.TFRecordDataset(path):
-    log = prediction_log_pb2.PredictionLog()
-    log.ParseFromString(record.numpy())
-    logs.append(log)
-  return logs
-
-
 def _tensor_info(info) -> Dict[str, Any]:
   shape = None if info.tensor_shape.unknown_rank else [
       None if d.size < 0 else int(d.size) for d in info.tensor_shape.dim]
