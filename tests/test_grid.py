@@ -227,3 +227,23 @@ def test_importance_weighted_variants_stratified_rows_and_time_to_quality_plots(
   with open(tmp_path / rows[0]['run_dir'] / 'history.json') as f:
     history = json.load(f)
   assert [np.isfinite(h['valid_log_likelihood']) for h in history] == [True, True]
+
+
+def test_validation_selection_uses_only_the_final_validation_log_likelihood(tmp_path):
+  rows = []
+  # rme_iw wins on validation; its test number (worse here) takes no part.
+  for variant, seed, finals, test in (('rme', 0, [-99.0, -95.0], -90.0), ('rme', 1, [-96.0], -90.0),
+                                      ('rme_iw', 0, [-98.0, -94.0], -95.0),
+                                      ('rme_iw', 1, [-94.5], -95.0),
+                                      ('iwae', 0, [-97.0], -80.0), ('vae', 0, [-90.0], -80.0)):
+    run_dir = f'runs/{variant}-{seed}'
+    os.makedirs(tmp_path / run_dir)
+    history = [{'step': i, 'valid_log_likelihood': v} for i, v in enumerate(finals)]
+    history.insert(0, {'step': -1})  # epochs without the measurement are skipped
+    (tmp_path / run_dir / 'history.json').write_text(json.dumps(history))
+    rows.append({'split': 'test', 'variant': variant, 'run_dir': run_dir, 'log_likelihood': test})
+  text, chosen = grid.validation_selection(rows, str(tmp_path))
+  assert chosen == {'RME (bound, gradients to the encoders)': 'rme_iw'}  # iwae alone: no choice
+  assert '| rme_iw | 2 | -94.25 | 0.25 | +0.00 |' in text
+  assert '| rme | 2 | -95.50 | 0.50 | -1.25 |' in text
+  assert 'IWAE' not in text

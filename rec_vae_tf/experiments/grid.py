@@ -536,11 +536,62 @@ def write_reports(rows: Sequence[Dict], workdir: str) -> Dict[str, str]:
       plots.save_ll_vs_time(group, os.path.join(workdir, f'll_vs_inference_time{stem}.png'),
                             DISPLAY)
     _save_time_to_quality(rows, workdir)
+    selection, _ = validation_selection(rows, workdir)
+    if selection:
+      out['selection.md'] = selection
   if any(r['split'] == 'valid' for r in rows):
     out['ablation.md'] = ablation_table(rows)
   for name, text in out.items():
     config_lib.write_text_atomic(os.path.join(workdir, name), text)
   return out
+
+
+# Settings chosen on the validation split: family -> the variants that compete in it.
+SELECTION_GROUPS = {
+    'RME (bound, gradients to the encoders)': ('rme', 'rme_iw', 'rme_iw_enc'),
+    'IWAE encoder gradients': ('iwae', 'iwae_dreg'),
+}
+
+
+def _final_valid_log_likelihood(workdir: str, row: Dict) -> Optional[float]:
+  """The last validation log p(x) of the row's run (history.json), or None."""
+  try:
+    with open(os.path.join(workdir, row['run_dir'], 'history.json')) as f:
+      values = [h['valid_log_likelihood'] for h in json.load(f) if 'valid_log_likelihood' in h]
+  except (OSError, ValueError, TypeError, KeyError):
+    return None
+  return float(values[-1]) if values else None
+
+
+def validation_selection(rows: Sequence[Dict], workdir: str) -> Tuple[str, Dict[str, str]]:
+  """Markdown, and family -> chosen variant, by the last validation log p(x) of each run.
+
+  Each family of `SELECTION_GROUPS` with at least two variants in `rows` is
+  decided by the mean over seeds of the final validation log p(x) (history.json:
+  valid_log_likelihood_samples samples on the first valid_log_likelihood_examples
+  validation images); no test number takes part. Families without it: nothing.
+  """
+  lines, chosen = [], {}
+  for family, variants in SELECTION_GROUPS.items():
+    scores = {}
+    for r in rows:
+      if r['split'] == 'test' and r['variant'] in variants:
+        value = _final_valid_log_likelihood(workdir, r)
+        if value is not None:
+          scores.setdefault(r['variant'], []).append(value)
+    if len(scores) < 2:
+      continue
+    means = {v: float(np.mean(x)) for v, x in scores.items()}
+    best = max(means, key=means.get)
+    chosen[family] = best
+    lines += [f'**{family}**: chosen `{best}` on validation', '',
+              '| variant | seeds | final validation log p(x) | std | vs chosen |',
+              '|---|---|---|---|---|']
+    for v in sorted(means, key=means.get, reverse=True):
+      lines.append(f'| {DISPLAY.get(v, v)} | {len(scores[v])} | {means[v]:.2f} | '
+                   f'{float(np.std(scores[v])):.2f} | {means[v] - means[best]:+.2f} |')
+    lines.append('')
+  return '\n'.join(lines), chosen
 
 
 def _save_time_to_quality(rows: Sequence[Dict], workdir: str) -> None:
