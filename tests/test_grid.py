@@ -161,9 +161,11 @@ def test_a_colour_conv_grid_reports_bits_per_dim_and_draws_colour_pictures(tmp_p
   assert table.startswith('| dataset | network | method | M | seeds | test log p(x) | bits/dim |')
   assert f'| svhn | conv_small | rme | 2 | 1 | {row["log_likelihood"]:.2f} | ' in table
   grid.save_pictures(rows, str(tmp_path), num_components=2, load_data=load_colour)
-  for name in ('ll_vs_components_svhn_conv_small.png', 'samples_svhn_conv_small.png',
+  for name in ('ll_vs_inference_time_svhn_conv_small.png', 'samples_svhn_conv_small.png',
                'reconstructions_svhn_conv_small.png'):
     assert os.path.getsize(tmp_path / name) > 0
+  # One M only: no log-likelihood-against-M plot (it would be empty).
+  assert not os.path.exists(tmp_path / 'll_vs_components_svhn_conv_small.png')
 
 
 def test_ablation_table_reports_the_difference_to_the_default():

@@ -112,15 +112,20 @@ def save_weights(names: Sequence[str], weights: Sequence[Sequence[float]], path:
   return _save(fig, path)
 
 
-def save_ll_vs_components(summary: Sequence[dict], path: str, display: Dict[str, str]) -> str:
+def save_ll_vs_components(summary: Sequence[dict], path: str,
+                          display: Dict[str, str]) -> Optional[str]:
   """Test log-likelihood (mean, std error bars over seeds) against M, per variant with several M.
 
   Single-encoder variants appear as one point at M = 1 (the VAE) or are left out.
+  Nothing is drawn (None) when no variant was run at several M (a grid
+  without a component axis).
   """
-  fig, ax = plt.subplots(figsize=(6, 4))
   by_variant: Dict[str, list] = {}
   for s in summary:
     by_variant.setdefault(s['variant'], []).append(s)
+  if all(len(entries) < 2 for entries in by_variant.values()):
+    return None
+  fig, ax = plt.subplots(figsize=(6, 4))
   for i, (variant, entries) in enumerate(by_variant.items()):
     if len(entries) < 2 and variant != 'vae':
       continue
