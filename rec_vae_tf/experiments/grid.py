@@ -437,11 +437,20 @@ def summarize(rows: Sequence[Dict],
       fields.append('bits_per_dim')
     for field in fields:
       entry[field], entry[field + '_std'] = _mean_std([r[field] for r in rs])
+    # The estimator's own uncertainty: each seed's standard error, averaged (and the
+    # stratified estimate where every seed has one).
+    for field in ('log_likelihood_se', 'log_likelihood_stratified'):
+      values = [r.get(field) for r in rs]
+      entry[field] = float(np.mean(values)) if all(v is not None for v in values) else None
     entry['num_parameters'] = rs[0]['num_parameters']
     entry['num_importance_samples'] = rs[0]['num_importance_samples']
     entry['num_examples'] = rs[0]['num_examples']
     out.append(entry)
   return out
+
+
+def _number(value: Optional[float], digits: int = 2) -> str:
+  return '' if value is None else f'{value:.{digits}f}'
 
 
 def method_table(rows: Sequence[Dict]) -> str:
@@ -455,10 +464,11 @@ def method_table(rows: Sequence[Dict]) -> str:
   axes = any((s['dataset'], s['network']) != (DEFAULT_DATASET, DEFAULT_NETWORK)
              for s in summary)
   bits = any(s['dataset'] in config_lib.COLOUR_DATASETS for s in summary)
+  strat = any(s.get('log_likelihood_stratified') is not None for s in summary)
   lines = ['| ' + ('dataset | network | ' if axes else '') + 'method | M | seeds | test log p(x) | '
            + ('bits/dim | ' if bits else '') + 'test ELBO | parameters | s/epoch '
-           '| inference ms/batch |',
-           '|' + '---|' * (8 + 2 * axes + bits)]
+           '| inference ms/batch | s.e. |' + (' stratified |' if strat else ''),
+           '|' + '---|' * (9 + 2 * axes + bits + strat)]
   for s in summary:
     colour = s['dataset'] in config_lib.COLOUR_DATASETS and 'bits_per_dim' in s
     lines.append(
@@ -469,13 +479,18 @@ def method_table(rows: Sequence[Dict]) -> str:
            if bits else '') +
         f'{_pm(s["elbo"], s["elbo_std"])} | '
         f'{s["num_parameters"]:,} | {_pm(s["seconds_per_epoch"], s["seconds_per_epoch_std"], 1)} | '
-        f'{_pm(s["inference_ms_per_batch"], s["inference_ms_per_batch_std"])} |')
+        f'{_pm(s["inference_ms_per_batch"], s["inference_ms_per_batch_std"])} | '
+        f'{_number(s.get("log_likelihood_se"))} |' +
+        (f' {_number(s.get("log_likelihood_stratified"))} |' if strat else ''))
   if summary:
     lines.append('')
     lines.append(f'log p(x): importance sampling with K = {summary[0]["num_importance_samples"]} '
                  f'on {summary[0]["num_examples"]} test images; inference: median time of one '
                  'posterior pass over a batch (refinement steps included for savae / vae+svi, '
-                 'one flow pass for iaf / hf).')
+                 'one flow pass for iaf / hf); s.e.: the standard error of a seed\'s test '
+                 'log p(x) (per-image estimates\' std / sqrt(N)), averaged over seeds'
+                 + ('; stratified: the stratified estimate (K / M from each component), mean '
+                    'over seeds' if strat else '') + '.')
   return '\n'.join(lines) + '\n'
 
 
