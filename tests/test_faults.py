@@ -279,7 +279,9 @@ def test_full_disk_fails_before_training(tmp_path, monkeypatch):
     _train(_cfg(), tmp_path / 'run')
   assert str(e.value).startswith(f'not enough free space in {tmp_path / "run"}: 2.0 MiB free, '
                                  'the run needs about ')
-  assert _files(tmp_path / 'run') == ['config.json']  # no step taken, nothing saved
+  # No step taken, nothing saved (.lock: the workdir lock's file, empty once released).
+  assert _files(tmp_path / 'run') == ['.lock', 'config.json']
+  assert os.path.getsize(tmp_path / 'run' / '.lock') == 0
 
 
 def test_no_space_for_the_write_probe_is_one_line(tmp_path, monkeypatch):
