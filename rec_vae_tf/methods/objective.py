@@ -188,8 +188,12 @@ def mixture_iw_bound(log_alpha, log_weights):
   Args:
     log_alpha: [B, M]; log_weights: [S, B, M] log p(x, z_sj) - log Q(z_sj|x).
   """
-  per_sample = tf.reduce_logsumexp(log_alpha[None] + log_weights, axis=2)  # [S, B]
-  return tfp.math.reduce_logmeanexp(per_sample, axis=0)
+  # One logsumexp over (s, j), minus log S (not a log-mean over s and j: the weights
+  # alpha_j already sum to one). Not two stages: that rounds differently from the runs
+  # in results/.
+  num_samples = tf.cast(tf.shape(log_weights)[0], log_weights.dtype)
+  return (tf.reduce_logsumexp(log_alpha[None] + log_weights, axis=[0, 2]) -
+          tf.math.log(num_samples))
 
 
 def gaussian_kl_to_standard_normal(loc, scale):
