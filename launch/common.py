@@ -190,8 +190,8 @@ def claim_workdir(workdir: str, cfg: config_lib.Config = None, *, flag: str = '-
   estimate exceeds the machine's RAM with one line giving both, before anything
   is created. The lock (rec_vae_tf/training/workdir_lock.py) refuses a second
   writer with one line naming the first; under multi_worker only the chief
-  takes it. A directory created here and left holding nothing but its lock
-  file when the program fails is removed again (`_fail`).
+  takes it. A directory created here and left empty when the program fails is
+  removed again (`_fail`).
   """
   if cfg is not None:
     memory.check(cfg)
@@ -204,35 +204,27 @@ def claim_workdir(workdir: str, cfg: config_lib.Config = None, *, flag: str = '-
     _CLAIMED.append(workdir)
 
 
-# Directories claim_workdir created, removed by _fail while they hold only the lock file;
-# and the ones it locked, released when the launcher's main ends (`run`).
-_CREATED = []
+# The directories claim_workdir locked, released when the launcher's main ends (`run`), and
+# those it created, removed by `_fail` if the failure left them empty.
 _CLAIMED = []
+_CREATED = []
 
 
 def remove_on_failure(directory: str) -> None:
-  """`_fail` removes `directory` if it then holds nothing (or only a lock file)."""
+  """`_fail` removes `directory` if it is empty then (after the locks are released)."""
   _CREATED.append(directory)
 
 
-def _release_claimed() -> None:
+def _release_claimed(remove_created: bool = False) -> None:
+  """Releases the claimed locks (a lock file alone in its directory goes with its lock)."""
   while _CLAIMED:
     workdir_lock.release(_CLAIMED.pop())
-  _CREATED.clear()
-
-
-def _remove_created() -> None:
-  for directory in _CREATED:
+  for directory in _CREATED if remove_created else ():
     try:
-      if set(os.listdir(directory)) <= {workdir_lock.LOCK_FILE}:
-        if directory in _CLAIMED:
-          _CLAIMED.remove(directory)
-        workdir_lock.release(directory)
-        if os.path.exists(os.path.join(directory, workdir_lock.LOCK_FILE)):
-          os.remove(os.path.join(directory, workdir_lock.LOCK_FILE))
-        os.rmdir(directory)
+      os.rmdir(directory)  # only an empty directory
     except OSError:
-      pass  # best effort: the error line matters more
+      pass
+  _CREATED.clear()
 
 
 def _out_of_memory(e: BaseException) -> bool:
@@ -298,7 +290,7 @@ def run(main):
 
 
 def _fail(message: str) -> None:
-  _remove_created()
+  _release_claimed(remove_created=True)
   sys.stdout.flush()
   sys.stderr.write(f'error: {message}\n')
   sys.stderr.flush()
