@@ -256,21 +256,33 @@ def main(argv):
 
   # --- training steps
   steps = FLAGS.steps_per_repeat
+
+  def add_train_case(name, tr, num_components, samples=1, dist=None):
+    """Times `steps` training steps of `tr` on the fixed batch x (compute only)."""
+    data = tf.data.Dataset.from_tensors(x).repeat()  # the input pipeline is timed below
+    iterator = iter(data if dist is None else
+                    dist.strategy.distribute_datasets_from_function(lambda context: data))
+    args = (tf.constant(steps, tf.int32), tr.num_active.read_value(), tf.constant(0, tf.int32))
+    run = lambda: _timed(lambda: tr.train_steps(iterator, *args)['mixture_elbo'].numpy())
+    trainers[name] = tr
+    cases.append(_Case(name, run, steps * batch, 'example',
+                       train_step_flops(1, num_components, samples, hidden, latent),
+                       group='train'))
+
+  def bench_trainer(method, num_components, samples=1, dist=None, **changes):
+    cfg = config_lib.default_config(
+        method, num_components=num_components, latent_dim=latent, batch_size=batch, xla=True,
+        schedule='simultaneous', num_train_samples=samples, **changes).validate()
+    return trainer_lib.Trainer(cfg, workdir, make_networks=make_networks, num_pixels=NUM_PIXELS,
+                               distribution=dist)
+
   train_specs = [('vae', 1)] + [(f'rme_m{m}', m) for m in parsed['components']]
   modes = [('xla', True, False)] + ([('noxla', False, False)] if FLAGS.no_xla_rows else [])
   for mode, xla, mixed in modes + ([('xla_mixed', True, True)] if FLAGS.mixed_precision_rows else []):
     for label, m in train_specs:
       if mixed and label not in ('vae', f'rme_m{ref_m}'):
         continue
-      tr = make_trainer(m, xla, mixed)
-      iterator = iter(tf.data.Dataset.from_tensors(x).repeat())  # compute only; pipeline below
-      args = (tf.constant(steps, tf.int32), tr.num_active.read_value(), tf.constant(0, tf.int32))
-      run = (lambda tr=tr, it=iterator, args=args:
-             _timed(lambda: tr.train_steps(it, *args)['mixture_elbo'].numpy()))
-      name = f'train_{label}_{mode}'
-      trainers[name] = tr
-      cases.append(_Case(name, run, steps * batch, 'example',
-                         train_step_flops(1, m, 1, hidden, latent), group='train'))
+      add_train_case(f'train_{label}_{mode}', make_trainer(m, xla, mixed), m)
 
   # --- the importance-weighted bounds, each beside the bound it replaces (XLA, M = ref_m
   # samples per step for every row: iwae's k = M, the mixtures' one sample per component)
@@ -283,18 +295,8 @@ def main(argv):
   }
   if FLAGS.bound_rows:
     for label, (method, m, samples, changes) in bound_specs.items():
-      cfg = config_lib.default_config(
-          method, num_components=m, latent_dim=latent, batch_size=batch, xla=True,
-          schedule='simultaneous', num_train_samples=samples, **changes).validate()
-      tr = trainer_lib.Trainer(cfg, workdir, make_networks=make_networks, num_pixels=NUM_PIXELS)
-      iterator = iter(tf.data.Dataset.from_tensors(x).repeat())
-      args = (tf.constant(steps, tf.int32), tr.num_active.read_value(), tf.constant(0, tf.int32))
-      run = (lambda tr=tr, it=iterator, args=args:
-             _timed(lambda: tr.train_steps(it, *args)['mixture_elbo'].numpy()))
-      name = f'train_{label}_xla'
-      trainers[name] = tr
-      cases.append(_Case(name, run, steps * batch, 'example',
-                         train_step_flops(1, m, samples, hidden, latent), group='train'))
+      add_train_case(f'train_{label}_xla', bench_trainer(method, m, samples, **changes), m,
+                     samples)
 
   # --- the tf.distribute code path on this one device (MirroredStrategy, one replica),
   # beside the default path (rows train_*_xla above): what "one code path" would cost.
@@ -302,20 +304,8 @@ def main(argv):
     from rec_vae_tf.training import distribute  # pylint: disable=g-import-not-at-top
     dist = distribute.get('mirrored')
     for label, m in (('vae', 1), (f'rme_m{ref_m}', ref_m)):
-      cfg = config_lib.default_config(
-          'vae' if m == 1 else 'rme', num_components=m, latent_dim=latent, batch_size=batch,
-          xla=True, schedule='simultaneous').validate()
-      tr = trainer_lib.Trainer(cfg, workdir, make_networks=make_networks, num_pixels=NUM_PIXELS,
-                               distribution=dist)
-      iterator = iter(dist.strategy.distribute_datasets_from_function(
-          lambda context: tf.data.Dataset.from_tensors(x).repeat()))
-      args = (tf.constant(steps, tf.int32), tr.num_active.read_value(), tf.constant(0, tf.int32))
-      run = (lambda tr=tr, it=iterator, args=args:
-             _timed(lambda: tr.train_steps(it, *args)['mixture_elbo'].numpy()))
-      name = f'train_{label}_mirrored_xla'
-      trainers[name] = tr
-      cases.append(_Case(name, run, steps * batch, 'example',
-                         train_step_flops(1, m, 1, hidden, latent), group='train'))
+      tr = bench_trainer('vae' if m == 1 else 'rme', m, dist=dist)
+      add_train_case(f'train_{label}_mirrored_xla', tr, m, dist=dist)
 
   # --- amortized inference: the RME posterior, the VAE posterior, SA-VAE
   # Back-to-back calls, as when serving: one cold call per round would mostly
