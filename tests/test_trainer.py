@@ -1,5 +1,4 @@
 """The training loop: recursion stages, resumption, tracing, freezing, routing, NaN guard."""
-import os
 
 import keras
 import numpy as np
