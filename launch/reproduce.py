@@ -18,7 +18,10 @@ method then runs on every dataset with every network size. Several datasets
 need --data_dir with {dataset} in it; vae_matched is dense-only and is left out
 for conv networks; colour datasets (svhn, celeba) need a conv network. With --ablation the grid is instead
 RME's ablations (lambda, delta, eps mode, schedule, warm start, M, KL versus
-entropy), each evaluated on the validation set.
+entropy), each evaluated on the validation set; --ablation_base=rme_iw or
+rme_iw_enc ablates that variant instead, and --ablation_axes picks axes, e.g.
+  python -m launch.reproduce --preset=compare40 --ablation --ablation_base=rme_iw_enc \
+      --ablation_axes=kl_weight,num_components,schedule --seeds=1 --workdir=runs/ablate40
 
 Presets:
   quick  5 epochs of all 50,000 training images, a new component every half
@@ -73,6 +76,11 @@ flags.DEFINE_list('methods', None, 'Methods to run (default: all of the preset).
 flags.DEFINE_integer('seeds', None, 'Use seeds 0..N-1 (default: the preset\'s).')
 flags.DEFINE_list('components', None, 'RME\'s component grid, e.g. 2,4,8 (default: the preset\'s).')
 flags.DEFINE_boolean('ablation', False, 'Run RME\'s ablation grid on the validation set instead.')
+flags.DEFINE_enum('ablation_base', 'rme', ['rme', 'rme_iw', 'rme_iw_enc'],
+                  'With --ablation: the variant whose settings are changed one at a time.')
+flags.DEFINE_list('ablation_axes', None,
+                  'With --ablation: only these axes (e.g. kl_weight,num_components,schedule; '
+                  'default: all).')
 flags.DEFINE_integer('epochs', None, 'Override the preset\'s epochs.')
 flags.DEFINE_float('epochs_per_component', None,
                    'Override the preset\'s recursion budget (epochs before the next component).')
@@ -121,7 +129,8 @@ def main(argv):
   preset = dataclasses.replace(preset, **changes)
   base = config_lib.Config(data_dir=FLAGS.data_dir, xla=FLAGS.xla, batch_size=FLAGS.batch_size,
                            num_importance_samples=preset.num_importance_samples)
-  cells = grid.plan(base, preset, ablation=FLAGS.ablation, variants=FLAGS.methods,
+  cells = grid.plan(base, preset, ablation=FLAGS.ablation, ablation_base=FLAGS.ablation_base,
+                    ablation_axes=FLAGS.ablation_axes, variants=FLAGS.methods,
                     seeds=range(FLAGS.seeds) if FLAGS.seeds else None, component_grid=components,
                     datasets=FLAGS.datasets, networks=FLAGS.networks)
   for data_dir, dataset in sorted({(c.config.data_dir, c.config.dataset) for c in cells}):

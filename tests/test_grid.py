@@ -113,6 +113,23 @@ def test_ablation_plan_is_on_the_validation_split():
       _base().replace(epochs=5, epochs_per_component=0.5), 'rme', 4, 0)
 
 
+def test_ablation_of_another_base_keeps_its_bound_and_its_own_cell_ids():
+  preset = grid.PRESETS['compare40']
+  cells = grid.plan(_base(), preset, ablation=True, ablation_base='rme_iw_enc',
+                    ablation_axes=['kl_weight', 'component_objective'], seeds=[0])
+  assert [c.ablation for c in cells] == ['default', 'kl_weight=0.0', 'kl_weight=0.3',
+                                         'kl_weight=0.5', 'component_objective=entropy']
+  assert all(c.config.mixture_bound == 'iw' and c.config.bound_to_encoders for c in cells)
+  assert cells[-1].config.method == 'boosted'
+  assert cells[0].cell_id == 'valid__rme_iw_enc.default__M4__s0'
+  rme_default = grid.plan(_base(), preset, ablation=True, seeds=[0])[0]
+  assert rme_default.cell_id == 'valid__default__M4__s0'  # unchanged: old workdirs resume
+  with pytest.raises(errors.ConfigError, match="ablation_axes contains 'lambda'"):
+    grid.plan(_base(), preset, ablation=True, ablation_axes=['lambda'])
+  with pytest.raises(errors.ConfigError, match="ablation_base='iwae'"):
+    grid.plan(_base(), preset, ablation=True, ablation_base='iwae')
+
+
 def test_grid_runs_resumes_and_reports(tmp_path):
   cells = grid.plan(_base(), TINY)
   lines = []
@@ -169,14 +186,14 @@ def test_a_colour_conv_grid_reports_bits_per_dim_and_draws_colour_pictures(tmp_p
 
 
 def test_ablation_table_reports_the_difference_to_the_default():
-  rows = [{'split': 'valid', 'ablation': a, 'log_likelihood': ll, 'elbo': ll - 5,
+  rows = [{'split': 'valid', 'variant': 'rme', 'ablation': a, 'log_likelihood': ll, 'elbo': ll - 5,
            'seconds_per_epoch': 1.0, 'inference_ms_per_batch': 1.0, 'num_parameters': 1,
            'num_importance_samples': 10, 'num_examples': 20}
           for a, ll in (('default', -100.0), ('default', -102.0), ('kl_weight=0.0', -100.5))]
   table = grid.ablation_table(rows)
   assert '| default | 2 | -101.00 ± 1.41 | +0.00 |' in table
   assert '| kl_weight=0.0 | 1 | -100.50 | +0.50 |' in table
-  assert 'Best by validation log p(x): kl_weight=0.0 (+0.50 nats' in table
+  assert 'Ablations of rme. Best by validation log p(x): kl_weight=0.0 (+0.50 nats' in table
 
 
 def test_long_preset_runs_savae_once_and_last_and_records_validation_log_likelihood():

@@ -75,7 +75,7 @@ MIXTURE_VARIANTS = ('rme', 'mixture', 'boosted', 'rme_iw', 'rme_iw_enc', 'mixtur
 # About 10x the cost per epoch of the others (refinement steps): run after every other cell.
 SLOW_VARIANTS = ('savae', 'vae_svi')
 
-# The ablation grid (on RME, validation split): axis -> values tried besides the default.
+# The ablation grid (validation split): axis -> values tried besides the default.
 ABLATIONS = {
     'kl_weight': (0.0, 0.3, 0.5),
     'prior_floor': (0.0, 0.2),
@@ -85,6 +85,8 @@ ABLATIONS = {
     'num_components': (1, 2, 8),
     'component_objective': ('entropy',),  # KL (rme) versus entropy (boosted)
 }
+# The variants the ablation grid can start from: RME with either mixture bound.
+ABLATION_BASES = ('rme', 'rme_iw', 'rme_iw_enc')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +151,8 @@ class Cell:
   @property
   def cell_id(self) -> str:
     tag = self.ablation or self.variant
+    if self.ablation and self.variant != 'rme':  # ablations of another base variant
+      tag = f'{self.variant}.{self.ablation}'
     return (f'{self.split}__{tag}__M{self.config.num_components}__s{self.config.seed}'
             + ''.join(f'__{v}' for v in _axes_tags(self.config)))
 
@@ -222,6 +226,7 @@ def dataset_config(base: config_lib.Config, dataset: str, network: str) -> confi
 
 
 def plan(base: config_lib.Config, preset: Preset, *, ablation: bool = False,
+         ablation_base: str = 'rme', ablation_axes: Optional[Sequence[str]] = None,
          variants: Optional[Sequence[str]] = None, seeds: Optional[Sequence[int]] = None,
          component_grid: Optional[Sequence[int]] = None,
          datasets: Optional[Sequence[str]] = None,
@@ -229,6 +234,9 @@ def plan(base: config_lib.Config, preset: Preset, *, ablation: bool = False,
   """Every cell of the grid, validated, in run order.
 
   datasets, networks: grid axes (None: base's dataset and network); every
+  ablation: the ablation grid on the validation split instead: ablation_base
+  (one of ABLATION_BASES) as the default, and every value of ABLATIONS'
+  axes (ablation_axes: a subset of them; None: all) changed one at a time.
   dataset runs with every network, except that colour datasets (svhn,
   celeba) skip the dense ones. Several datasets need base.data_dir with
   '{dataset}' in it (their files differ but share names, e.g. mnist's and
@@ -247,6 +255,13 @@ def plan(base: config_lib.Config, preset: Preset, *, ablation: bool = False,
         f'invalid flag: data_dir={base.data_dir!r}; allowed: a path containing '
         f'{DATASET_PLACEHOLDER} (e.g. data/{DATASET_PLACEHOLDER}) when the grid has several '
         'datasets')
+  if ablation and ablation_base not in ABLATION_BASES:
+    raise errors.ConfigError(f'invalid flag: ablation_base={ablation_base!r}; allowed: '
+                             f'{", ".join(ABLATION_BASES)}')
+  unknown = sorted(set(ablation_axes or ()) - set(ABLATIONS))
+  if ablation and unknown:
+    raise errors.ConfigError(f'invalid flag: ablation_axes contains {unknown[0]!r}; allowed: '
+                             f'{", ".join(ABLATIONS)}')
   if ablation and (len(datasets) > 1 or len(networks) > 1):
     raise errors.ConfigError('invalid flag: the ablation grid runs one dataset and one network '
                              f'at a time; got datasets={",".join(datasets)} '
@@ -266,29 +281,41 @@ def plan(base: config_lib.Config, preset: Preset, *, ablation: bool = False,
         f'{",".join(networks)}); allowed: the other methods, or a dense network too')
   cells = []
   for axis_base in bases:
-    cells.extend(_plan_one(axis_base, preset, ablation=ablation, variants=variants, seeds=seeds,
-                           component_grid=component_grid))
+    if ablation:
+      seeds = tuple(seeds if seeds is not None else preset.seeds)
+      cells.extend(_ablation_cells(axis_base, preset, ablation_base, ablation_axes, seeds))
+    else:
+      cells.extend(_plan_one(axis_base, preset, variants=variants, seeds=seeds,
+                             component_grid=component_grid))
   return cells
 
 
-def _plan_one(base: config_lib.Config, preset: Preset, *, ablation: bool,
+def _ablation_cells(base: config_lib.Config, preset: Preset, variant: str,
+                    axes: Optional[Sequence[str]], seeds: Sequence[int]) -> List[Cell]:
+  """The ablation grid of `variant` for one dataset and network: default first, per seed."""
+  cells = []
+  for seed in seeds:
+    default = variant_config(base.replace(method='rme'), variant, preset.num_components, seed)
+    cells.append(Cell(variant, default, 'valid', 'default'))
+    for axis, values in ABLATIONS.items():
+      if axes is not None and axis not in axes:
+        continue
+      for value in values:
+        if axis == 'component_objective':  # boosted, with the variant's bound
+          cfg = variant_config(default, 'boosted', default.num_components, seed).replace(
+              **VARIANT_FIELDS.get(variant, {})).validate()
+        else:
+          cfg = default.replace(**{axis: value}).validate()
+        cells.append(Cell(variant, cfg, 'valid', f'{axis}={value}'))
+  return cells
+
+
+def _plan_one(base: config_lib.Config, preset: Preset, *,
               variants: Optional[Sequence[str]], seeds: Optional[Sequence[int]],
               component_grid: Optional[Sequence[int]]) -> List[Cell]:
-  """`plan` for one dataset and network (base's)."""
+  """`plan`'s method grid for one dataset and network (base's)."""
   seeds = tuple(seeds if seeds is not None else preset.seeds)
   cells = []
-  if ablation:
-    for seed in seeds:
-      default = variant_config(base.replace(method='rme'), 'rme', preset.num_components, seed)
-      cells.append(Cell('rme', default, 'valid', 'default'))
-      for axis, values in ABLATIONS.items():
-        for value in values:
-          if axis == 'component_objective':
-            cfg = variant_config(default, 'boosted', default.num_components, seed)
-          else:
-            cfg = default.replace(**{axis: value}).validate()
-          cells.append(Cell('rme', cfg, 'valid', f'{axis}={value}'))
-    return cells
   variants = tuple(variants or preset.variants)
   for variant in variants:
     if variant not in VARIANTS:
@@ -510,7 +537,8 @@ def ablation_table(rows: Sequence[Dict]) -> str:
   if default:
     best = max(summary, key=lambda s: s['log_likelihood'])
     lines.append('')
-    lines.append(f'Best by validation log p(x): {best["ablation"]} '
+    variants = sorted({r['variant'] for r in valid})
+    lines.append(f'Ablations of {", ".join(variants)}. Best by validation log p(x): {best["ablation"]} '
                  f'({best["log_likelihood"] - default["log_likelihood"]:+.2f} nats vs the default); '
                  f'K = {default["num_importance_samples"]} on {default["num_examples"]} validation images.')
   return '\n'.join(lines) + '\n'
