@@ -30,13 +30,13 @@ Presets:
   paper  200 epochs, a new component every 20 epochs, seeds 0, 1, 2, M in
          1, 2, 3, 4, 6, 8, K = 5000 on all 10,000 test images.
   long   the 200-epoch comparison for this CPU: vae, vae_matched, iwae, rme,
-         iaf, rme_iw, mixture_iw, iwae_dreg (seeds 0 and 1) and savae (seed 0,
+         iaf, rme_iw, mixture_iw, iwae_dreg, rme_iw_enc (seeds 0 and 1) and savae (seed 0,
          run last), M = 4, a new component every 20 epochs, K = 5000 on all
          10,000 test images (plain and stratified estimates, standard errors),
          and validation log p(x) (K = 100, 1,000 images) every 10 epochs in
          each run's history.json (time-to-quality).
   compare40  the importance-weighted methods at the main job's length (40
-         epochs, a component every 3): rme, rme_iw, mixture_iw (SIWAE), iwae,
+         epochs, a component every 3): rme, rme_iw, rme_iw_enc, mixture_iw (SIWAE), iwae,
          iwae_dreg, vae_matched, iaf, savae; seeds 0-2; K = 1000 on all test
          images (plain and stratified); validation log p(x) every 2 epochs.
 
