@@ -234,10 +234,10 @@ def plan(base: config_lib.Config, preset: Preset, *, ablation: bool = False,
          networks: Optional[Sequence[str]] = None) -> List[Cell]:
   """Every cell of the grid, validated, in run order.
 
-  datasets, networks: grid axes (None: base's dataset and network); every
   ablation: the ablation grid on the validation split instead: ablation_base
   (one of ABLATION_BASES) as the default, and every value of ABLATIONS'
   axes (ablation_axes: a subset of them; None: all) changed one at a time.
+  datasets, networks: grid axes (None: base's dataset and network); every
   dataset runs with every network, except that colour datasets (svhn,
   celeba) skip the dense ones. Several datasets need base.data_dir with
   '{dataset}' in it (their files differ but share names, e.g. mnist's and
