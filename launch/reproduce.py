@@ -76,6 +76,8 @@ flags.DEFINE_list('methods', None, 'Methods to run (default: all of the preset).
 flags.DEFINE_integer('seeds', None, 'Use seeds 0..N-1 (default: the preset\'s).')
 flags.DEFINE_list('components', None, 'RME\'s component grid, e.g. 2,4,8 (default: the preset\'s).')
 flags.DEFINE_boolean('ablation', False, 'Run RME\'s ablation grid on the validation set instead.')
+# grid.ABLATION_BASES; spelled out because grid loads TensorFlow, which this
+# launcher imports only after the flags are checked.
 flags.DEFINE_enum('ablation_base', 'rme', ['rme', 'rme_iw', 'rme_iw_enc'],
                   'With --ablation: the variant whose settings are changed one at a time.')
 flags.DEFINE_list('ablation_axes', None,
