@@ -66,11 +66,17 @@ def define_config_flags() -> None:
                        'al. 2019) instead of the bound\'s own.')
   flags.DEFINE_integer('valid_log_likelihood_every', d.valid_log_likelihood_every,
                        'Time-to-quality: every N epochs (0: never) record the importance-sampled '
-                       'validation log p(x) in history.json (measurement only).')
+                       'validation log p(x) in history.json (a measurement, unless '
+                       '--selection=log_likelihood).')
   flags.DEFINE_integer('valid_log_likelihood_examples', d.valid_log_likelihood_examples,
                        'Validation images of that measurement (the first N).')
   flags.DEFINE_integer('valid_log_likelihood_samples', d.valid_log_likelihood_samples,
                        'K of that measurement.')
+  flags.DEFINE_string('selection', d.selection,
+                      'The state kept in best/ and evaluated: elbo (highest validation ELBO) or '
+                      'log_likelihood (highest validation log p(x) of --valid_log_likelihood_every; '
+                      'for methods trained on an importance-weighted bound, whose ELBO can fall '
+                      'as they improve).')
   flags.DEFINE_float('kl_weight', d.kl_weight,
                      'lambda in [0, 1): weight of KL(q_m || Q_{m-1}) in the component objective.')
   flags.DEFINE_float('prior_floor', d.prior_floor,

@@ -41,6 +41,7 @@ from launch import common
 flags.DEFINE_string('workdir', 'runs/train', 'Run directory (created; resumed if it exists).')
 common.define_config_flags()
 FLAGS = flags.FLAGS
+_SELECTED = {'elbo': 'ELBO', 'log_likelihood': 'log p(x)'}
 
 
 def main(argv):
@@ -54,7 +55,8 @@ def main(argv):
   if result.ran_steps == 0:
     common.log(f'{FLAGS.workdir} is already finished ({result.steps} steps); nothing to do')
   common.log(f'done: {result.steps} steps, {result.train_seconds:.0f}s of training, '
-             f'best validation ELBO {best:.3f} (model in {FLAGS.workdir}/best)')
+             f'best validation {_SELECTED[cfg.selection]} {best:.3f} (model in '
+             f'{FLAGS.workdir}/best)')
 
 
 if __name__ == '__main__':

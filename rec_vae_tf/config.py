@@ -56,6 +56,7 @@ EPS_MODES = ('amortized', 'global', 'fixed')
 STRATEGIES = ('default', 'mirrored', 'multi_worker', 'tpu')
 SCHEDULES = ('recursive', 'freeze_earlier', 'simultaneous')
 MIXTURE_BOUNDS = ('elbo', 'iw')
+SELECTIONS = ('elbo', 'log_likelihood')
 
 # Dense encoder/decoder widths per network size: (hidden units per layer).
 # `small` is the IWAE paper's one-stochastic-layer MNIST network (2 x 200);
@@ -159,14 +160,21 @@ class Config:
   num_importance_samples: int = 5000  # K for the test log-likelihood
   eval_batch_size: int = 100
   eval_chunk: int = 500            # importance samples per chunk (bounds memory)
-  validation_every: int = 1        # epochs between validation ELBO / selection
+  validation_every: int = 1        # epochs between validation ELBOs (and ELBO selections)
   # Time-to-quality: every N epochs (0: never), importance-sampled validation log p(x)
   # with K = valid_log_likelihood_samples on the first valid_log_likelihood_examples
-  # validation images (binarized once), recorded in history.json with the training
-  # seconds so far. Measurement only: no effect on training or selection.
+  # validation images (binarized once, the same draws every time), recorded in
+  # history.json with the training seconds so far. A measurement only, unless
+  # selection = 'log_likelihood'.
   valid_log_likelihood_every: int = 0
   valid_log_likelihood_examples: int = 1000
   valid_log_likelihood_samples: int = 100
+  # Which state best/ keeps (the one evaluated): 'elbo', the highest validation ELBO
+  # (every validation_every epochs); 'log_likelihood', the highest validation log p(x)
+  # above (every valid_log_likelihood_every epochs). For methods trained on an
+  # importance-weighted bound, whose ELBO can fall while their bound and log p(x)
+  # rise: compare40's SIWAE seed 2 kept epoch 13 by its ELBO (README).
+  selection: str = 'elbo'
 
   # ---------------------------------------------------------------- derived
   @property
@@ -252,6 +260,10 @@ class Config:
     integer('valid_log_likelihood_every', 0)
     integer('valid_log_likelihood_examples', 1)
     integer('valid_log_likelihood_samples', 1)
+    check.choice('selection', SELECTIONS)
+    if self.selection == 'log_likelihood' and not self.valid_log_likelihood_every:
+      fail('selection', 'elbo while valid_log_likelihood_every=0 (log_likelihood selects among '
+           'the epochs where validation log p(x) is measured)')
     if not isinstance(self.data_dir, str) or not self.data_dir:
       fail('data_dir', 'a non-empty path')
     for field in ('xla', 'warm_start', 'mixed_precision', 'deterministic', 'dreg',
@@ -338,6 +350,7 @@ _OMITTED_AT_DEFAULT = {
     'mixture_bound': 'elbo',
     'bound_to_encoders': False,
     'dreg': False,
+    'selection': 'elbo',
 }
 
 

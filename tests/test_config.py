@@ -104,3 +104,15 @@ def test_a_config_written_before_refinement_existed_loads_with_the_defaults():
   for field in ('refine_steps', 'refine_step_size', 'refine_momentum'):
     del values[field]
   assert config_lib.Config.from_dict(values).validate() == config_lib.Config()
+
+
+def test_selection_on_log_likelihood_needs_the_measurement():
+  cfg = config_lib.Config(selection='log_likelihood', valid_log_likelihood_every=2).validate()
+  assert cfg.to_dict()['selection'] == 'log_likelihood'
+  with pytest.raises(errors.ConfigError,
+                     match=r"selection='log_likelihood'.*valid_log_likelihood_every=0"):
+    config_lib.Config(selection='log_likelihood').validate()
+  with pytest.raises(errors.ConfigError, match='selection=.*one of elbo, log_likelihood'):
+    config_lib.Config(selection='iw').validate()
+  # At its default it stays out of config.json: every stored run keeps its key.
+  assert 'selection' not in config_lib.Config().to_dict()

@@ -206,6 +206,11 @@ def test_long_preset_runs_savae_once_and_last_and_records_validation_log_likelih
   assert all(variants.count(v) == 2 for v in preset.variants if v != 'savae')
   assert all(c.config.epochs == 200 and c.config.epochs_per_component == 20.0 for c in cells)
   assert all(c.config.valid_log_likelihood_every == 10 for c in cells)
+  # The importance-weighted variants are selected on validation log p(x), the rest on
+  # the ELBO (so those cells keep their training keys).
+  assert {c.variant for c in cells if c.config.selection == 'log_likelihood'} == set(
+      grid.IW_VARIANTS)
+  assert 'selection' not in next(c for c in cells if c.variant == 'rme').config.to_dict()
   # The measurement field changes the training key; the quick preset's keys do not change.
   quick = grid.plan(_base(), grid.PRESETS['quick'], seeds=[0], variants=['rme'])[0]
   assert 'valid_log_likelihood_every' not in quick.config.to_dict()

@@ -517,6 +517,8 @@ SUBPROCESS_CASES = {
     'train: mixture with a recursive schedule': (
         'train', _train_case(method='mixture', schedule='recursive'), 'schedule', True),
     'train: prior_floor=1': ('train', _train_case(prior_floor=1), 'prior_floor=1.0', True),
+    'train: selection on a log p(x) never measured': (
+        'train', _train_case(selection='log_likelihood'), "selection='log_likelihood'", True),
     'train: negative seed': ('train', _train_case(seed=-1), 'seed=-1', True),
     'train: zero num_train_samples': (
         'train', _train_case(num_train_samples=0), 'num_train_samples=0', True),

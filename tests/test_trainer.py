@@ -406,6 +406,32 @@ def test_a_run_resumes_with_other_measurement_settings(tmp_path):
   assert resumed.steps == 18 and 'valid_log_likelihood' in resumed.history[-1]
 
 
+@pytest.mark.parametrize('selection', ['elbo', 'log_likelihood'])
+def test_best_is_the_epoch_with_the_highest_value_of_the_selection(selection, tmp_path):
+  cfg = _cfg(epochs=5, valid_log_likelihood_every=1, valid_log_likelihood_examples=5,
+             valid_log_likelihood_samples=3, selection=selection)
+  result = _train(cfg, tmp_path)
+  key = {'elbo': 'valid_mixture_elbo', 'log_likelihood': 'valid_log_likelihood'}[selection]
+  values = [h[key] for h in result.history]
+  assert len(values) == 5 and all(np.isfinite(values))
+  best = int(np.argmax(values))
+  assert result.trainer.best_step.numpy() == result.history[best]['step']
+  assert result.trainer.best_validation.numpy() == values[best]
+  # The run ends in the selected state (best/): its step and active components.
+  assert int(result.trainer.step.numpy()) == result.history[best]['step']
+  assert int(result.trainer.num_active.numpy()) == result.history[best]['num_active']
+
+
+def test_a_run_selecting_on_log_likelihood_keeps_its_measurement_settings(tmp_path):
+  cfg = _cfg(selection='log_likelihood', valid_log_likelihood_every=1,
+             valid_log_likelihood_examples=5)
+  _train(cfg, tmp_path, stop_after_steps=6)
+  with pytest.raises(errors.UserError, match='valid_log_likelihood_examples'):
+    _train(cfg.replace(valid_log_likelihood_examples=4), tmp_path)
+  with pytest.raises(errors.UserError, match='selection'):
+    _train(cfg.replace(selection='elbo'), tmp_path)
+
+
 @pytest.mark.parametrize('variant', ['rme_iw', 'mixture_iw', 'rme_iw_to_encoders', 'iwae_dreg'])
 def test_importance_weighted_variants_route_their_gradients(variant, tmp_path):
   """Each variable moves by exactly -lr * the gradient of the loss that trains it."""

@@ -110,6 +110,9 @@ def _row(cfg, trainer, ev, *, split, eval_seed, checkpoint, train_seconds, epoch
          eval_seconds) -> Dict:
   from rec_vae_tf.models import builders  # pylint: disable=g-import-not-at-top
   colour = builders.is_colour(cfg)
+  # In memory after training; a checkpoint restored for evaluation does not hold it.
+  best = float(trainer.best_validation.numpy())
+  best = best if math.isfinite(best) else None
   return {
       'method': cfg.method,
       'num_components': cfg.num_components,
@@ -137,9 +140,9 @@ def _row(cfg, trainer, ev, *, split, eval_seed, checkpoint, train_seconds, epoch
       'seconds_per_epoch': train_seconds / max(epochs_done, 1),
       'epochs': cfg.epochs,
       'step': _checkpoint_step(checkpoint),  # the evaluated checkpoint's training step
-      # In memory after training; a checkpoint restored for evaluation does not hold it.
-      'best_validation_elbo': (best if math.isfinite(best := float(trainer.best_validation.numpy()))
-                               else None),
+      'best_validation_elbo': best if cfg.selection == 'elbo' else None,
+      # Not in FIELDS (a new field would invalidate every stored row): only in the JSON.
+      'best_validation_log_likelihood': best if cfg.selection == 'log_likelihood' else None,
       'inference_ms_per_batch': ev['encoder_ms_per_batch'],
       'eval_batch_size': cfg.eval_batch_size,
       'eval_seconds': eval_seconds,

@@ -1,7 +1,7 @@
 """The main job: RME against the VAE baseline on the same data, decoder and budget.
 
 For each method the run trains (or resumes) in `<workdir>/<method>/`, selects
-the checkpoint with the best validation ELBO, evaluates it on the test set
+the checkpoint with the best validation ELBO (Config.selection), evaluates it on the test set
 (importance-sampled log p(x) with the same K for every method), and then
 
   * prints a comparison table and writes `<workdir>/results.json` (one row per

@@ -16,8 +16,9 @@ rec_vae_tf/training/runstate.py. This module drives them:
           _train_chunk, _check_finite  at most MAX_CHUNK_STEPS compiled steps
           _stop_preempted_mid_epoch    SIGTERM: checkpoint, partial sums, stop
         _epoch_entry                   the history entry of the epoch
-        _validate_and_select           validation ELBO, best/ checkpoint
-        _measure_valid_log_likelihood  time-to-quality (measurement only)
+        _validate                      validation ELBO
+        _measure_valid_log_likelihood  validation log p(x) (time-to-quality)
+        _select                        best/ checkpoint (cfg.selection)
         _write_summaries, _checkpoint_epoch, _log_progress
     _finish               the selected (best) state, TrainResult
 
@@ -225,9 +226,12 @@ def _check_same_config(cfg: config_lib.Config, workdir: str) -> None:
   if os.path.exists(config_file):
     previous = config_lib.Config.load(config_file)
     # The strategy may change between runs: it changes how the steps run, not what they compute.
-    # So may the time-to-quality measurements (valid_log_likelihood_*): they read, never train.
-    if previous.replace(**{k: getattr(cfg, k) for k in _MEASUREMENT_FIELDS}) != cfg:
-      changed = sorted(k for k, v in cfg.to_dict().items() if previous.to_dict().get(k) != v)
+    # So may the time-to-quality measurements (valid_log_likelihood_*): they read, never
+    # train; unless they select (selection = 'log_likelihood').
+    free = _MEASUREMENT_FIELDS if cfg.selection == 'elbo' else ('strategy',)
+    if previous.replace(**{k: getattr(cfg, k) for k in free}) != cfg:
+      changed = sorted(k for k, v in dataclasses.asdict(cfg).items()
+                       if getattr(previous, k) != v)
       raise errors.UserError(
           f'{workdir} holds a run with a different config (fields {", ".join(changed)}); '
           'use a new --workdir or the same flags to resume')
@@ -315,9 +319,10 @@ def _run_epoch(run: _Run, epoch: int) -> None:
     if run.stop_reached():
       break
   entry = _epoch_entry(run, ep)
-  is_best = _validate_and_select(run, ep, entry)
+  _validate(run, ep, entry)
   entry['train_seconds'] = run.train_seconds
   _measure_valid_log_likelihood(run, ep, entry)
+  is_best = _select(run, entry)
   _write_summaries(run, entry)
   _checkpoint_epoch(run, entry)
   _log_progress(run, ep, entry, is_best)
@@ -444,36 +449,30 @@ def _epoch_entry(run: _Run, ep: _Epoch) -> Dict:
           'weight_entropy': float(means.get('weight_entropy', np.nan))}
 
 
-def _validate_and_select(run: _Run, ep: _Epoch, entry: Dict) -> bool:
-  """On validation epochs: the validation ELBO into `entry`; saves best/ if it is the best yet.
-
-  Returns:
-    True if this epoch's state was selected (saved to best/).
-  """
+def _validate(run: _Run, ep: _Epoch, entry: Dict) -> None:
+  """On validation epochs (validation_every, and the last): the validation ELBO into `entry`."""
   cfg, trainer, epoch = run.cfg, run.trainer, ep.index
   if not (ep.completed(run.step) and
           ((epoch + 1) % cfg.validation_every == 0 or epoch + 1 == cfg.epochs)):
-    return False
+    return
   val = likelihood.evaluate_elbo(run.valid_evaluator, run.valid_ds,
                                  trainer.num_active.read_value(), seed=cfg.seed + 2)
   entry['valid_mixture_elbo'] = val['mixture_elbo']
-  if not math.isfinite(val['mixture_elbo']):
+  _check_finite_validation(run, 'validation ELBO', val['mixture_elbo'])
+
+
+def _check_finite_validation(run: _Run, what: str, value: float) -> None:
+  if not math.isfinite(value):
     raise errors.TrainingDiverged(
-        f'non-finite validation ELBO at step {run.step}; last good checkpoint '
-        f'{trainer.manager.latest_checkpoint or "(none)"} kept')
-  if val['mixture_elbo'] > trainer.best_validation.numpy():
-    trainer.best_validation.assign(val['mixture_elbo'])
-    trainer.best_step.assign(run.step)
-    trainer.best_active.assign(trainer.num_active)
-    trainer.save('best', run.step, 'selected (best) checkpoint')
-    return True
-  return False
+        f'non-finite {what} at step {run.step}; last good checkpoint '
+        f'{run.trainer.manager.latest_checkpoint or "(none)"} kept')
 
 
 def _measure_valid_log_likelihood(run: _Run, ep: _Epoch, entry: Dict) -> None:
   """Every valid_log_likelihood_every epochs (and the last): validation log p(x) into `entry`.
 
-  A measurement (time-to-quality) only: it neither trains nor selects.
+  Time-to-quality; it also selects under selection = 'log_likelihood'. The same
+  images and the same seed every time, so epochs are compared on common draws.
   """
   cfg, epoch = run.cfg, ep.index
   if ep.completed(run.step) and run.valid_ll_ds is not None and (
@@ -482,6 +481,29 @@ def _measure_valid_log_likelihood(run: _Run, ep: _Epoch, entry: Dict) -> None:
         run.valid_evaluator, run.valid_ll_ds, run.trainer.num_active.read_value(),
         num_samples=cfg.valid_log_likelihood_samples, chunk=cfg.eval_chunk,
         seed=cfg.seed + 4).mean
+    if cfg.selection == 'log_likelihood':
+      _check_finite_validation(run, 'validation log p(x)', entry['valid_log_likelihood'])
+
+
+# The history entry's key that each cfg.selection selects on.
+_SELECTION_KEYS = {'elbo': 'valid_mixture_elbo', 'log_likelihood': 'valid_log_likelihood'}
+
+
+def _select(run: _Run, entry: Dict) -> bool:
+  """Saves best/ if this epoch's value of cfg.selection is the best yet.
+
+  Returns:
+    True if this epoch's state was selected (saved to best/).
+  """
+  trainer = run.trainer
+  value = entry.get(_SELECTION_KEYS[run.cfg.selection])
+  if value is None or not value > trainer.best_validation.numpy():
+    return False
+  trainer.best_validation.assign(value)
+  trainer.best_step.assign(run.step)
+  trainer.best_active.assign(trainer.num_active)
+  trainer.save('best', run.step, 'selected (best) checkpoint')
+  return True
 
 
 def _write_summaries(run: _Run, entry: Dict) -> None:
@@ -523,10 +545,13 @@ def _log_progress(run: _Run, ep: _Epoch, entry: Dict, is_best: bool) -> None:
   wall_per_epoch = ((time.perf_counter() - run.wall_start)
                     / max((run.step - run.first_step) / spe, 1e-9))
   remaining = (run.total_steps - run.step) / spe * wall_per_epoch
-  val_text = (f' valid ELBO {entry["valid_mixture_elbo"]:.2f}{" *" if is_best else ""}'
+  # '*' after the selected quantity: this epoch's state is the best yet (best/).
+  star = lambda key: ' *' if is_best and key == _SELECTION_KEYS[cfg.selection] else ''
+  val_text = (f' valid ELBO {entry["valid_mixture_elbo"]:.2f}{star("valid_mixture_elbo")}'
               if 'valid_mixture_elbo' in entry else '')
   if 'valid_log_likelihood' in entry:
-    val_text += f' valid log p(x) {entry["valid_log_likelihood"]:.2f}'
+    val_text += (f' valid log p(x) {entry["valid_log_likelihood"]:.2f}'
+                 f'{star("valid_log_likelihood")}')
   run.log(f'epoch {ep.index + 1}/{cfg.epochs} step {run.step} active {entry["num_active"]}/'
           f'{cfg.num_components} train ELBO {entry["train_mixture_elbo"]:.2f}{val_text} '
           f'{entry["epoch_seconds"]:.1f}s ETA {_format_seconds(remaining)}')

@@ -123,8 +123,9 @@ class Trainer:
     self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name='step')
     self.num_active = tf.Variable(1 if cfg.schedule != 'simultaneous' else cfg.num_components,
                                   dtype=tf.int32, trainable=False, name='num_active')
+    # The best validation value of cfg.selection (ELBO or log p(x)) so far.
     self.best_validation = tf.Variable(-np.inf, dtype=tf.float64, trainable=False,
-                                       name='best_validation_elbo')
+                                       name='best_validation')
     posterior_parts = self.method.modules  # e.g. {'flow': ...}
     self.checkpoint = tf.train.Checkpoint(
         encoder=self.encoder, decoder=self.decoder, optimizer=self.optimizer,
