@@ -211,6 +211,9 @@ def test_long_preset_runs_savae_once_and_last_and_records_validation_log_likelih
   assert {c.variant for c in cells if c.config.selection == 'log_likelihood'} == set(
       grid.IW_VARIANTS)
   assert 'selection' not in next(c for c in cells if c.variant == 'rme').config.to_dict()
+  ablation = grid.plan(_base(), preset, ablation=True, ablation_base='rme_iw_enc',
+                       ablation_axes=['kl_weight'], seeds=[0])
+  assert len(ablation) == 4 and all(c.config.selection == 'log_likelihood' for c in ablation)
   # The measurement field changes the training key; the quick preset's keys do not change.
   quick = grid.plan(_base(), grid.PRESETS['quick'], seeds=[0], variants=['rme'])[0]
   assert 'valid_log_likelihood_every' not in quick.config.to_dict()

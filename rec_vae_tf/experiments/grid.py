@@ -306,7 +306,8 @@ def _ablation_cells(base: config_lib.Config, preset: Preset, variant: str,
   """The ablation grid of `variant` for one dataset and network: default first, per seed."""
   cells = []
   for seed in seeds:
-    default = variant_config(base.replace(method='rme'), variant, preset.num_components, seed)
+    default = variant_config(base.replace(method='rme'), variant, preset.num_components,
+                             seed).replace(selection=_selection(preset, variant)).validate()
     cells.append(Cell(variant, default, 'valid', 'default'))
     for axis, values in ABLATIONS.items():
       if axes is not None and axis not in axes:
@@ -341,13 +342,18 @@ def _plan_one(base: config_lib.Config, preset: Preset, *,
       if variant in preset.first_seed_only and seed != seeds[0]:
         continue
       ms = grid if variant == 'rme' else [preset.num_components]
-      selection = 'log_likelihood' if variant in preset.log_likelihood_selection else 'elbo'
       for m in ms:
-        cfg = variant_config(base, variant, m, seed).replace(selection=selection).validate()
+        cfg = variant_config(base, variant, m, seed).replace(
+            selection=_selection(preset, variant)).validate()
         cells.append(Cell(variant, cfg, 'test'))
   # The first-seed-only and the slow variants last, so every other cell finishes first.
   return sorted(cells, key=lambda c: (c.variant in preset.first_seed_only,
                                       c.variant in SLOW_VARIANTS))
+
+
+def _selection(preset: Preset, variant: str) -> str:
+  """The Config.selection of `variant`'s cells under `preset`."""
+  return 'log_likelihood' if variant in preset.log_likelihood_selection else 'elbo'
 
 
 def run_name(cfg: config_lib.Config) -> str:
