@@ -248,7 +248,10 @@ def test_importance_weighted_variants_stratified_rows_and_time_to_quality_plots(
   again = grid.run_grid(cells[:1], str(tmp_path / 'plain'), stratified=True, **kw)
   assert again[0]['log_likelihood_stratified'] is not None
   assert again[0]['log_likelihood'] == plain[0]['log_likelihood']
-  grid.write_reports(rows, str(tmp_path))
+  reports = grid.write_reports(rows, str(tmp_path))
+  assert (tmp_path / 'curves.md').read_text() == reports['curves.md']
+  for name in ('rme_iw M=2', 'mixture_iw (SIWAE) M=2', 'iwae (DReG)'):
+    assert f'| {name} | 2 | ' in reports['curves.md'], name
   for name in ('valid_ll_vs_epochs.png', 'valid_ll_vs_seconds.png'):
     assert os.path.getsize(tmp_path / name) > 0
   with open(tmp_path / rows[0]['run_dir'] / 'history.json') as f:
@@ -274,3 +277,30 @@ def test_validation_selection_uses_only_the_final_validation_log_likelihood(tmp_
   assert '| rme_iw | 2 | -94.25 | 0.25 | +0.00 |' in text
   assert '| rme | 2 | -95.50 | 0.50 | -1.25 |' in text
   assert 'IWAE' not in text
+
+
+def test_curve_table_gaps_to_rme_along_training_and_epochs_to_a_common_level(tmp_path):
+  def run(values, seconds_per_epoch=10.0, step=10):
+    return [{'epoch': step * (i + 1), 'valid_log_likelihood': v,
+             'train_seconds': seconds_per_epoch * step * (i + 1)} for i, v in enumerate(values)]
+  curves = {
+      'vae': [run([-100.0, -96.0, -95.0]), run([-102.0, -96.0, -93.0])],  # means -101, -96, -94
+      'rme M=4': [run([-99.0, -93.5, -92.5], seconds_per_epoch=20.0)],
+      # Measured every 5 epochs: only the epochs every run shares are columns.
+      'iwae': [run([-99.5, -97.0, -96.0, -95.0, -94.0, -93.5], step=5)],
+  }
+  text = grid.curve_table(curves)
+  assert '| method | seeds | epoch 10 | epoch 20 | epoch 30 |' in text
+  assert '| vae | 2 | -101.00 (-2.00) | -96.00 (-2.50) | -94.00 (-1.50) |' in text
+  assert '| rme M=4 | 1 | -99.00 | -93.50 | -92.50 |' in text
+  assert '| iwae | 1 | -97.00 (+2.00) | -95.00 (-1.50) | -93.50 (-1.00) |' in text
+  # The common level is the lowest final mean (-94.0, vae): reached at epoch 30 by vae,
+  # epoch 20 by rme (400 s at 20 s/epoch) and epoch 25 by iwae (5-epoch measurements).
+  assert '| vae | 30 | 300 |' in text and '| rme M=4 | 20 | 400 |' in text
+  assert '| iwae | 25 | 250 |' in text and 'reached -94.0 nats' in text
+  # Many measured epochs: the first, the last and every 40th are the columns.
+  many = grid.curve_table({'rme M=2': [run([-100.0 + i for i in range(20)])]})
+  assert '| method | seeds | epoch 10 | epoch 40 | epoch 80 | epoch 120 | epoch 160 | epoch 200 |' \
+      in many
+  assert 'in brackets' not in grid.curve_table({'vae': [run([-90.0])]})
+  assert grid.curve_table({}) == ''

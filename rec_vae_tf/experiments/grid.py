@@ -580,6 +580,9 @@ def _axes_suffix(dataset: str, network: str) -> str:
 def write_reports(rows: Sequence[Dict], workdir: str) -> Dict[str, str]:
   """The rows as JSON and CSV, table.md and its plots or ablation.md; returns the markdown.
 
+  With validation log p(x) in the runs' histories, also the time-to-quality
+  plots and curves.md (`curve_table`).
+
   The method grid writes cells.json / cells.csv, the ablation grid
   ablation_cells.json / .csv, so both can share one workdir (and its trainings).
   """
@@ -597,7 +600,9 @@ def write_reports(rows: Sequence[Dict], workdir: str) -> Dict[str, str]:
                                   DISPLAY)
       plots.save_ll_vs_time(group, os.path.join(workdir, f'll_vs_inference_time{stem}.png'),
                             DISPLAY)
-    _save_time_to_quality(rows, workdir)
+    curves = _save_time_to_quality(rows, workdir)
+    if curves:
+      out['curves.md'] = curve_table(curves)
     selection, _ = validation_selection(rows, workdir)
     if selection:
       out['selection.md'] = selection
@@ -656,13 +661,13 @@ def validation_selection(rows: Sequence[Dict], workdir: str) -> Tuple[str, Dict[
   return '\n'.join(lines), chosen
 
 
-def _save_time_to_quality(rows: Sequence[Dict], workdir: str) -> None:
-  """valid_ll_vs_epochs.png and valid_ll_vs_seconds.png from the runs' history.json files.
+def _validation_curves(rows: Sequence[Dict], workdir: str) -> Dict[str, List[List[dict]]]:
+  """Display name -> one list per seed of the history entries that carry a validation log p(x).
 
-  Only runs whose config recorded validation log p(x) (valid_log_likelihood_every)
-  take part; nothing is drawn when none did.
+  From the test rows' runs (history.json); only runs whose config recorded
+  validation log p(x) (valid_log_likelihood_every) take part. A mixture's name
+  carries its M.
   """
-  from rec_vae_tf.experiments import plots  # pylint: disable=g-import-not-at-top
   curves: Dict[str, List[List[dict]]] = {}
   for r in rows:
     if r['split'] != 'test':
@@ -677,9 +682,84 @@ def _save_time_to_quality(rows: Sequence[Dict], workdir: str) -> None:
       if r['variant'] in MIXTURE_VARIANTS:
         name += f' M={r["num_components"]}'
       curves.setdefault(name, []).append(history)
+  return curves
+
+
+def _save_time_to_quality(rows: Sequence[Dict], workdir: str) -> Dict[str, List[List[dict]]]:
+  """valid_ll_vs_epochs.png and valid_ll_vs_seconds.png; returns the curves drawn (maybe none)."""
+  from rec_vae_tf.experiments import plots  # pylint: disable=g-import-not-at-top
+  curves = _validation_curves(rows, workdir)
   if curves:
     plots.save_time_to_quality(curves, os.path.join(workdir, 'valid_ll_vs_epochs.png'),
                                os.path.join(workdir, 'valid_ll_vs_seconds.png'))
+  return curves
+
+
+# The table's epochs: all when there are at most this many, else the first, the last and
+# every multiple of CURVE_EPOCH_STEP (compare40's length, so its gaps can be read off).
+MAX_CURVE_COLUMNS = 7
+CURVE_EPOCH_STEP = 40
+
+
+def _curve_epochs(epochs: Sequence[int]) -> List[int]:
+  if len(epochs) <= MAX_CURVE_COLUMNS:
+    return list(epochs)
+  return sorted({epochs[0], epochs[-1]} | {e for e in epochs if e % CURVE_EPOCH_STEP == 0})
+
+
+def curve_table(curves: Dict[str, List[List[dict]]], reference: str = 'rme') -> str:
+  """Markdown: validation log p(x) along training, and each method's gap to `reference`.
+
+  A column per epoch that every run measured (a subset when there are many,
+  `_curve_epochs`); a cell is the mean over seeds, with the difference to the
+  reference method's mean at that epoch in brackets (positive: above it). The
+  reference is the first curve whose name starts with `reference` followed by
+  ' M=' (RME at its M), if any. Then, for the level every method reaches (the
+  lowest final mean, floored to 0.1 nat), the first measured epoch and
+  the training seconds (mean over seeds, from history.json) at which each
+  method's mean reached it. Only validation numbers: no test image takes part.
+  """
+  means: Dict[str, Dict[int, float]] = {}
+  seconds: Dict[str, Dict[int, float]] = {}
+  seeds = {}
+  for name, runs in curves.items():
+    common = set.intersection(*[{h['epoch'] for h in run} for run in runs])
+    if not common:
+      continue
+    seeds[name] = len(runs)
+    pick = lambda run, e, field: next(h[field] for h in run if h['epoch'] == e)
+    means[name] = {e: float(np.mean([pick(run, e, 'valid_log_likelihood') for run in runs]))
+                   for e in sorted(common)}
+    seconds[name] = {e: float(np.mean([pick(run, e, 'train_seconds') for run in runs]))
+                     for e in sorted(common)}
+  if not means:
+    return ''
+  shared = sorted(set.intersection(*[set(m) for m in means.values()]))
+  columns = _curve_epochs(shared)
+  ref = next((n for n in means if n.startswith(reference + ' M=')), None)
+  lines = ['| method | seeds | ' + ' | '.join(f'epoch {e}' for e in columns) + ' |',
+           '|---|---|' + '---|' * len(columns)]
+  for name, m in means.items():
+    cells = []
+    for e in columns:
+      gap = f' ({m[e] - means[ref][e]:+.2f})' if ref and name != ref else ''
+      cells.append(f'{m[e]:.2f}{gap}')
+    lines.append(f'| {name} | {seeds[name]} | ' + ' | '.join(cells) + ' |')
+  lines.append('')
+  lines.append('Validation log p(x) (the grid\'s valid_log_likelihood_* images and samples, '
+               'mean over seeds) at the epochs every run measured'
+               + (f'; in brackets the difference to {ref} at the same epoch.' if ref else '.'))
+  if shared:
+    level = math.floor(min(m[shared[-1]] for m in means.values()) * 10) / 10
+    lines += ['', f'First measured epoch at which each method\'s mean reached {level:.1f} nats '
+              '(the lowest final mean), and the training seconds it had taken (this machine, '
+              'mean over seeds; seconds are comparable only between runs that had the CPU '
+              'to themselves):', '', '| method | epoch | training seconds |', '|---|---|---|']
+    for name, m in means.items():
+      first = next((e for e in sorted(m) if m[e] >= level), None)
+      lines.append(f'| {name} | {first} | {seconds[name][first]:.0f} |' if first is not None
+                   else f'| {name} | not reached | |')
+  return '\n'.join(lines) + '\n'
 
 
 def save_pictures(rows: Sequence[Dict], workdir: str, *, num_components: int,
