@@ -304,3 +304,21 @@ def test_curve_table_gaps_to_rme_along_training_and_epochs_to_a_common_level(tmp
       in many
   assert 'in brackets' not in grid.curve_table({'vae': [run([-90.0])]})
   assert grid.curve_table({}) == ''
+
+
+def test_gap_plot_is_drawn_against_rme_only_when_rme_ran(tmp_path):
+  rows = []
+  for variant, values in (('rme', [-99.0, -95.0]), ('vae', [-100.0, -96.5])):
+    run_dir = f'runs/{variant}'
+    os.makedirs(tmp_path / run_dir)
+    history = [{'epoch': e, 'valid_log_likelihood': v, 'train_seconds': 10.0 * e}
+               for e, v in ((10, values[0]), (20, values[1]))]
+    (tmp_path / run_dir / 'history.json').write_text(json.dumps(history))
+    rows.append({'split': 'test', 'variant': variant, 'run_dir': run_dir, 'num_components': 4})
+  curves = grid._save_time_to_quality(rows, str(tmp_path))
+  assert sorted(curves) == ['rme M=4', 'vae']
+  assert os.path.getsize(tmp_path / 'valid_ll_gap_vs_epochs.png') > 0
+  os.remove(tmp_path / 'valid_ll_gap_vs_epochs.png')
+  grid._save_time_to_quality(rows[1:], str(tmp_path))  # no RME: no gap plot
+  assert not os.path.exists(tmp_path / 'valid_ll_gap_vs_epochs.png')
+  assert os.path.getsize(tmp_path / 'valid_ll_vs_epochs.png') > 0

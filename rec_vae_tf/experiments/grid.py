@@ -685,13 +685,23 @@ def _validation_curves(rows: Sequence[Dict], workdir: str) -> Dict[str, List[Lis
   return curves
 
 
+def _reference_curve(curves: Dict[str, List[List[dict]]], reference: str = 'rme') -> Optional[str]:
+  """The first curve named `reference` at some M ('rme M=4'), or None."""
+  return next((name for name in curves if name.startswith(reference + ' M=')), None)
+
+
 def _save_time_to_quality(rows: Sequence[Dict], workdir: str) -> Dict[str, List[List[dict]]]:
-  """valid_ll_vs_epochs.png and valid_ll_vs_seconds.png; returns the curves drawn (maybe none)."""
+  """valid_ll_vs_epochs.png, valid_ll_vs_seconds.png and, with RME among several methods,
+  valid_ll_gap_vs_epochs.png; returns the curves drawn (maybe none)."""
   from rec_vae_tf.experiments import plots  # pylint: disable=g-import-not-at-top
   curves = _validation_curves(rows, workdir)
   if curves:
     plots.save_time_to_quality(curves, os.path.join(workdir, 'valid_ll_vs_epochs.png'),
                                os.path.join(workdir, 'valid_ll_vs_seconds.png'))
+    reference = _reference_curve(curves)
+    if reference and len(curves) > 1:
+      plots.save_gap_to_reference(curves, reference,
+                                  os.path.join(workdir, 'valid_ll_gap_vs_epochs.png'))
   return curves
 
 
@@ -736,7 +746,7 @@ def curve_table(curves: Dict[str, List[List[dict]]], reference: str = 'rme') -> 
     return ''
   shared = sorted(set.intersection(*[set(m) for m in means.values()]))
   columns = _curve_epochs(shared)
-  ref = next((n for n in means if n.startswith(reference + ' M=')), None)
+  ref = _reference_curve({n: curves[n] for n in means}, reference)
   lines = ['| method | seeds | ' + ' | '.join(f'epoch {e}' for e in columns) + ' |',
            '|---|---|' + '---|' * len(columns)]
   for name, m in means.items():

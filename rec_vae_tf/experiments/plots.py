@@ -201,3 +201,39 @@ def save_time_to_quality(curves: Dict[str, List[List[dict]]], path_epochs: str,
       ax.legend(fontsize=8)
     paths.append(_save(fig, path))
   return paths
+
+
+def save_gap_to_reference(curves: Dict[str, List[List[dict]]], reference: str, path: str) -> str:
+  """Each method's validation log p(x) minus the reference's, against epochs.
+
+  Args:
+    curves: as for `save_time_to_quality`; `reference` must be one of its names.
+      A line covers the epochs both it and the reference measured (means over
+      seeds); above zero the method is ahead of the reference at that epoch.
+    reference: the name of the curve subtracted (drawn as the zero line).
+    path: the PNG file.
+  Returns:
+    The path.
+  """
+  def mean_by_epoch(runs):
+    common = sorted(set.intersection(*[{h['epoch'] for h in run} for run in runs]))
+    return {e: float(np.mean([next(h['valid_log_likelihood'] for h in run if h['epoch'] == e)
+                              for run in runs])) for e in common}
+
+  ref = mean_by_epoch(curves[reference])
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  ax.axhline(0.0, color='black', linewidth=1, label=f'{reference} (reference)')
+  for name, runs in curves.items():
+    if name == reference:
+      continue
+    means = mean_by_epoch(runs)
+    epochs = [e for e in means if e in ref]
+    if epochs:
+      ax.plot(epochs, [means[e] - ref[e] for e in epochs], marker='.',
+              label=f'{name} ({len(runs)} seed{"s" if len(runs) > 1 else ""})')
+  ax.set_xlabel('epoch')
+  ax.set_ylabel(f'validation log p(x) minus {reference} (nats)')
+  ax.set_title('gap to the reference along training (above 0: ahead)')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  return _save(fig, path)
