@@ -685,6 +685,13 @@ def _validation_curves(rows: Sequence[Dict], workdir: str) -> Dict[str, List[Lis
   return curves
 
 
+def _mean_curve(runs: Sequence[List[dict]], field: str) -> Dict[int, float]:
+  """Epoch -> the mean of `field` over the runs, at the epochs every run recorded."""
+  common = sorted(set.intersection(*[{h['epoch'] for h in run} for run in runs]))
+  return {e: float(np.mean([next(h[field] for h in run if h['epoch'] == e) for run in runs]))
+          for e in common}
+
+
 def _reference_curve(curves: Dict[str, List[List[dict]]], reference: str = 'rme') -> Optional[str]:
   """The first curve named `reference` at some M ('rme M=4'), or None."""
   return next((name for name in curves if name.startswith(reference + ' M=')), None)
@@ -700,8 +707,9 @@ def _save_time_to_quality(rows: Sequence[Dict], workdir: str) -> Dict[str, List[
                                os.path.join(workdir, 'valid_ll_vs_seconds.png'))
     reference = _reference_curve(curves)
     if reference and len(curves) > 1:
-      plots.save_gap_to_reference(curves, reference,
-                                  os.path.join(workdir, 'valid_ll_gap_vs_epochs.png'))
+      means = {name: _mean_curve(runs, 'valid_log_likelihood') for name, runs in curves.items()}
+      plots.save_gap_to_reference(means, {name: len(runs) for name, runs in curves.items()},
+                                  reference, os.path.join(workdir, 'valid_ll_gap_vs_epochs.png'))
   return curves
 
 
@@ -733,15 +741,10 @@ def curve_table(curves: Dict[str, List[List[dict]]], reference: str = 'rme') -> 
   seconds: Dict[str, Dict[int, float]] = {}
   seeds = {}
   for name, runs in curves.items():
-    common = set.intersection(*[{h['epoch'] for h in run} for run in runs])
-    if not common:
-      continue
-    seeds[name] = len(runs)
-    pick = lambda run, e, field: next(h[field] for h in run if h['epoch'] == e)
-    means[name] = {e: float(np.mean([pick(run, e, 'valid_log_likelihood') for run in runs]))
-                   for e in sorted(common)}
-    seconds[name] = {e: float(np.mean([pick(run, e, 'train_seconds') for run in runs]))
-                     for e in sorted(common)}
+    mean = _mean_curve(runs, 'valid_log_likelihood')
+    if mean:
+      means[name], seeds[name] = mean, len(runs)
+      seconds[name] = _mean_curve(runs, 'train_seconds')
   if not means:
     return ''
   shared = sorted(set.intersection(*[set(m) for m in means.values()]))

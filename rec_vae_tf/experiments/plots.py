@@ -203,34 +203,28 @@ def save_time_to_quality(curves: Dict[str, List[List[dict]]], path_epochs: str,
   return paths
 
 
-def save_gap_to_reference(curves: Dict[str, List[List[dict]]], reference: str, path: str) -> str:
+def save_gap_to_reference(means: Dict[str, Dict[int, float]], seeds: Dict[str, int],
+                          reference: str, path: str) -> str:
   """Each method's validation log p(x) minus the reference's, against epochs.
 
   Args:
-    curves: as for `save_time_to_quality`; `reference` must be one of its names.
-      A line covers the epochs both it and the reference measured (means over
-      seeds); above zero the method is ahead of the reference at that epoch.
+    means: name -> epoch -> validation log p(x), the mean over the method's
+      seeds; `reference` must be one of the names. A line covers the epochs
+      both it and the reference have; above zero the method is ahead.
+    seeds: name -> its number of seeds (for the legend).
     reference: the name of the curve subtracted (drawn as the zero line).
     path: the PNG file.
   Returns:
     The path.
   """
-  def mean_by_epoch(runs):
-    common = sorted(set.intersection(*[{h['epoch'] for h in run} for run in runs]))
-    return {e: float(np.mean([next(h['valid_log_likelihood'] for h in run if h['epoch'] == e)
-                              for run in runs])) for e in common}
-
-  ref = mean_by_epoch(curves[reference])
+  ref = means[reference]
   fig, ax = plt.subplots(figsize=(7, 4.5))
   ax.axhline(0.0, color='black', linewidth=1, label=f'{reference} (reference)')
-  for name, runs in curves.items():
-    if name == reference:
-      continue
-    means = mean_by_epoch(runs)
-    epochs = [e for e in means if e in ref]
-    if epochs:
-      ax.plot(epochs, [means[e] - ref[e] for e in epochs], marker='.',
-              label=f'{name} ({len(runs)} seed{"s" if len(runs) > 1 else ""})')
+  for name, curve in means.items():
+    epochs = [e for e in sorted(curve) if e in ref]
+    if name != reference and epochs:
+      ax.plot(epochs, [curve[e] - ref[e] for e in epochs], marker='.',
+              label=f'{name} ({seeds[name]} seed{"s" if seeds[name] > 1 else ""})')
   ax.set_xlabel('epoch')
   ax.set_ylabel(f'validation log p(x) minus {reference} (nats)')
   ax.set_title('gap to the reference along training (above 0: ahead)')
