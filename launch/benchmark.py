@@ -12,7 +12,11 @@ in one process on whatever device TensorFlow sees (a GPU if there is one):
     replaces: rme with mixture_bound=iw against rme, mixture (SIWAE) against
     mixture, iwae with DReG against iwae (M = --inference_components samples);
     with --strategy_rows, the VAE and RME steps on the tf.distribute path
-    (MirroredStrategy with one replica) beside the default path;
+    (MirroredStrategy with one replica) beside the default path; with
+    --grid_preset, every method of a launch/reproduce preset as its cells
+    train it (their own networks, bounds and schedules) at each active
+    component count: the seconds per step `reproduce --step_costs` uses for
+    the validation curves' time axis, free of the load the grid ran beside;
   * amortized inference (one encoder pass, the posterior's weights, means and
     scales) per batch: the VAE and RME(M = --inference_components); and
     SA-VAE: the VAE's encoder followed by K = --savae_steps refinement steps
@@ -93,6 +97,16 @@ flags.DEFINE_string('profile_dir', '',
                     '(M = --inference_components, XLA) training step and of the evaluation into '
                     'this directory (view with TensorBoard\'s profile plugin), and print the '
                     'busiest operations.')
+flags.DEFINE_string('grid_preset', '',
+                    'Also time the training step of every method of this launch/reproduce '
+                    'preset (e.g. long) with its cells\' own configs (network, bound, schedule, '
+                    'batch size; seed 0, M of the method table), at every active-component '
+                    'count its schedule passes through. --hidden_units and --latent_dim do not '
+                    'apply to these rows. The JSON\'s grid_step_seconds is what '
+                    '`reproduce --step_costs` turns into training seconds along the validation '
+                    'curves. Empty: no such rows.')
+flags.DEFINE_list('grid_methods', None, 'With --grid_preset: only these of its methods '
+                  '(default: all).')
 FLAGS = flags.FLAGS
 
 NUM_PIXELS = 784
@@ -134,6 +148,17 @@ def _check_flags():
   if FLAGS.train_examples < FLAGS.batch_size:
     raise errors.UserError(f'--train_examples={FLAGS.train_examples}; allowed: >= --batch_size '
                            f'({FLAGS.batch_size})')
+  if FLAGS.grid_preset or FLAGS.grid_methods:
+    from rec_vae_tf.experiments import grid  # pylint: disable=g-import-not-at-top  (light)
+    if FLAGS.grid_preset not in grid.PRESETS:
+      raise errors.UserError(f'--grid_preset={FLAGS.grid_preset!r}; allowed: one of '
+                             f'{", ".join(grid.PRESETS)}' +
+                             (' (--grid_methods needs it)' if not FLAGS.grid_preset else ''))
+    variants = grid.PRESETS[FLAGS.grid_preset].variants
+    unknown = [m for m in FLAGS.grid_methods or () if m not in variants]
+    if unknown:
+      raise errors.UserError(f'--grid_methods contains {unknown[0]!r}; allowed: the methods of '
+                             f'--grid_preset={FLAGS.grid_preset} ({", ".join(variants)})')
   if FLAGS.output:
     directory = os.path.dirname(os.path.abspath(FLAGS.output))
     if not os.path.isdir(directory):
@@ -307,6 +332,32 @@ def main(argv):
       tr = bench_trainer('vae' if m == 1 else 'rme', m, dist=dist)
       add_train_case(f'train_{label}_mirrored_xla', tr, m, dist=dist)
 
+  # --- a reproduce preset's methods as its cells train them (grid.curve_table's seconds)
+  grid_costs = {}  # variant -> {active count: case name}
+  grid_batch = {}
+  if FLAGS.grid_preset:
+    from rec_vae_tf.experiments import grid  # pylint: disable=g-import-not-at-top
+    preset = grid.PRESETS[FLAGS.grid_preset]
+    cells = grid.plan(config_lib.Config(num_importance_samples=preset.num_importance_samples),
+                      preset, variants=FLAGS.grid_methods, seeds=(0,), component_grid=())
+    for cell in cells:
+      cfg = cell.config
+      tr = trainer_lib.Trainer(cfg, workdir, num_pixels=NUM_PIXELS)  # cfg's own networks
+      xg = tf.constant((rng.random([cfg.batch_size, NUM_PIXELS]) < 0.3).astype(np.float32))
+      grown = cfg.schedule != 'simultaneous' and cfg.num_components > 1
+      for active in range(1, cfg.num_components + 1) if grown else [cfg.num_components]:
+        name = f'train_grid_{cell.variant}_a{active}'
+        frozen = active - 1 if cfg.schedule == 'freeze_earlier' else 0
+        args = (tf.constant(steps, tf.int32), tf.constant(active, tf.int32),
+                tf.constant(frozen, tf.int32))
+        iterator = iter(tf.data.Dataset.from_tensors(xg).repeat())
+        run = (lambda tr=tr, iterator=iterator, args=args:
+               _timed(lambda: tr.train_steps(iterator, *args)['mixture_elbo'].numpy()))
+        trainers[name] = tr
+        cases.append(_Case(name, run, steps * cfg.batch_size, 'example', group='grid'))
+        grid_costs.setdefault(cell.variant, {})[active] = name
+      grid_batch[cell.variant] = cfg.batch_size
+
   # --- amortized inference: the RME posterior, the VAE posterior, SA-VAE
   # Back-to-back calls, as when serving: one cold call per round would mostly
   # time the thread pool waking up after the previous measurement.
@@ -449,6 +500,11 @@ def main(argv):
   if FLAGS.bound_rows:
     for label in bound_specs:
       ratios[f'train_{label}_flops_over_peak_xla'] = timings[f'train_{label}_xla']['fraction_of_peak']
+  if 'vae' in grid_costs:  # each preset method's step against the preset's VAE step
+    for variant, names in grid_costs.items():
+      for active, name in names.items():
+        if variant != 'vae':
+          ratios[f'train_grid_{variant}_a{active}_over_vae'] = per(name) / per(grid_costs['vae'][1])
   for label, value in pipeline.items():
     ratios[f'input_wait_fraction_{label}'] = value['wait_fraction']
   ratios['input_wait_fraction'] = max(v['wait_fraction'] for v in pipeline.values())
@@ -470,12 +526,18 @@ def main(argv):
           'components', 'inference_components', 'savae_steps', 'hidden_units', 'latent_dim',
           'batch_size', 'num_importance_samples', 'eval_chunk', 'steps_per_repeat',
           'calls_per_repeat', 'repeats', 'bound_rows', 'strategy_rows',
-          'pipeline_steps', 'train_examples', 'peak_sizes')},
+          'pipeline_steps', 'train_examples', 'peak_sizes', 'grid_preset', 'grid_methods')},
       'timings': timings,
       'input_pipeline': pipeline,
       'ratios': ratios,
       'targets': targets,
       'retraces': retraces,
+      # seconds per optimisation step of each preset method at each active count
+      'grid_step_seconds': {
+          'preset': FLAGS.grid_preset,
+          'seconds_per_step': {v: {str(a): per(name) * grid_batch[v] for a, name in names.items()}
+                               for v, names in grid_costs.items()},
+      } if grid_costs else None,
       'wall_seconds': time.perf_counter() - wall_start,
   }
   shutil.rmtree(workdir, ignore_errors=True)

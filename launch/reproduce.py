@@ -45,7 +45,10 @@ importance-weighted mixture bound), mixture_iw (SIWAE) and iwae_dreg (IWAE
 with DReG encoder gradients). Besides the tables, the grid draws validation
 log p(x) against epochs and against training seconds for every method
 (valid_ll_vs_epochs.png, valid_ll_vs_seconds.png) from the runs' history.json,
-when the preset records it.
+when the preset records it; the seconds are the runs' own, or with --step_costs
+derived from a benchmark of the preset's methods, free of the grid's load:
+  python -m launch.benchmark --grid_preset=long --output=costs.json
+  python -m launch.reproduce --preset=long --step_costs=costs.json ...
 
 Writes into --workdir: cells.json, cells.csv (every cell), table.md (mean ±
 std over seeds) or ablation.md and ablation_cells.json/.csv, ll_vs_components.png, ll_vs_inference_time.png,
@@ -93,6 +96,12 @@ flags.DEFINE_integer('test_examples', None,
 flags.DEFINE_integer('train_examples', None, 'Use only the first N training images (smoke runs).')
 flags.DEFINE_integer('batch_size', 100, 'Training batch size.')
 flags.DEFINE_boolean('xla', True, 'Compile training and evaluation with XLA.')
+flags.DEFINE_string('step_costs', '',
+                    'The --output of `launch/benchmark.py --grid_preset=<this preset>`: '
+                    'curves.md and valid_ll_vs_seconds.png then put each run\'s validation '
+                    'log p(x) against the training seconds its steps would take at the '
+                    'benchmark\'s cost per step (measured side by side, free of the load the '
+                    'grid ran beside) instead of the seconds the runs measured.')
 FLAGS = flags.FLAGS
 
 
@@ -129,6 +138,7 @@ def main(argv):
   if FLAGS.test_examples is not None:
     changes['test_examples' if not FLAGS.ablation else 'valid_examples'] = FLAGS.test_examples
   preset = dataclasses.replace(preset, **changes)
+  step_seconds = grid.load_step_seconds(FLAGS.step_costs) if FLAGS.step_costs else None
   base = config_lib.Config(data_dir=FLAGS.data_dir, xla=FLAGS.xla, batch_size=FLAGS.batch_size,
                            num_importance_samples=preset.num_importance_samples)
   cells = grid.plan(base, preset, ablation=FLAGS.ablation, ablation_base=FLAGS.ablation_base,
@@ -148,7 +158,7 @@ def main(argv):
   rows = grid.run_grid(cells, FLAGS.workdir, num_importance_samples=preset.num_importance_samples,
                        test_examples=preset.test_examples, valid_examples=preset.valid_examples,
                        stratified=preset.stratified, log=common.log)
-  reports = grid.write_reports(rows, FLAGS.workdir)
+  reports = grid.write_reports(rows, FLAGS.workdir, step_seconds)
   if not FLAGS.ablation:
     grid.save_pictures(rows, FLAGS.workdir, num_components=preset.num_components)
   for name, text in reports.items():

@@ -295,15 +295,68 @@ def test_curve_table_gaps_to_rme_along_training_and_epochs_to_a_common_level(tmp
   assert '| rme M=4 | 1 | -99.00 | -93.50 | -92.50 |' in text
   assert '| iwae | 1 | -97.00 (+2.00) | -95.00 (-1.50) | -93.50 (-1.00) |' in text
   # The common level is the lowest final mean (-94.0, vae): reached at epoch 30 by vae,
-  # epoch 20 by rme (400 s at 20 s/epoch) and epoch 25 by iwae (5-epoch measurements).
-  assert '| vae | 30 | 300 |' in text and '| rme M=4 | 20 | 400 |' in text
-  assert '| iwae | 25 | 250 |' in text and 'reached -94.0 nats' in text
+  # epoch 20 by rme (400 s at 20 s/epoch) and epoch 25 by iwae (5-epoch measurements);
+  # RME's final level (-92.5) only by RME, at epoch 30.
+  assert '| method | epoch to -94.0 | seconds to -94.0 | epoch to -92.5 | seconds to -92.5 |' in text
+  assert '| vae | 30 | 300 | not reached |  |' in text
+  assert '| rme M=4 | 20 | 400 | 30 | 600 |' in text
+  assert '| iwae | 25 | 250 | not reached |  |' in text
+  assert 'reached -94.0 nats (the lowest final mean) and -92.5 nats' in text
+  assert 'as the runs measured them' in text
   # Many measured epochs: the first, the last and every 40th are the columns.
   many = grid.curve_table({'rme M=2': [run([-100.0 + i for i in range(20)])]})
   assert '| method | seeds | epoch 10 | epoch 40 | epoch 80 | epoch 120 | epoch 160 | epoch 200 |' \
       in many
   assert 'in brackets' not in grid.curve_table({'vae': [run([-90.0])]})
   assert grid.curve_table({}) == ''
+
+
+def _write_history(tmp_path, variant, history):
+  run_dir = f'runs/{variant}'
+  os.makedirs(tmp_path / run_dir)
+  (tmp_path / run_dir / 'history.json').write_text(json.dumps(history))
+  return {'split': 'test', 'variant': variant, 'run_dir': run_dir, 'num_components': 2}
+
+
+def test_seconds_along_the_curves_are_derived_from_the_benchmarks_step_costs(tmp_path):
+  # Two epochs of 10 steps each; RME grows from one to two components after the first.
+  rme = [{'epoch': 1, 'step': 10, 'num_active': 1, 'train_seconds': 50.0},
+         {'epoch': 2, 'step': 20, 'num_active': 2, 'train_seconds': 90.0,
+          'valid_log_likelihood': -95.0}]
+  vae = [{'epoch': 1, 'step': 10, 'num_active': 1, 'train_seconds': 7.0},
+         {'epoch': 2, 'step': 20, 'num_active': 1, 'train_seconds': 9.0,
+          'valid_log_likelihood': -96.0}]
+  rows = [_write_history(tmp_path, 'rme', rme), _write_history(tmp_path, 'vae', vae)]
+  costs = {'rme': {'1': 0.5, '2': 2.0}, 'vae': {'1': 0.25}}
+  curves = grid._validation_curves(rows, str(tmp_path), costs)
+  # rme: 10 steps x 0.5 s + 10 x 2.0 s; vae: 20 x 0.25 s.
+  assert curves['rme M=2'][0][-1]['step_cost_seconds'] == 25.0
+  assert curves['vae'][0][-1]['step_cost_seconds'] == 5.0
+  text = grid.curve_table(curves)
+  assert '| rme M=2 | 2 | 25 |' in text and '| vae | 2 | 5 |' in text
+  assert 'derived from the benchmark' in text
+  # A method without costs (or an active count not measured): the runs' own seconds for all.
+  for partial in ({'rme': costs['rme']}, {'rme': {'1': 0.5}, 'vae': costs['vae']}):
+    text = grid.curve_table(grid._validation_curves(rows, str(tmp_path), partial))
+    assert '| rme M=2 | 2 | 90 |' in text and '| vae | 2 | 9 |' in text
+    assert 'as the runs measured them' in text
+  # The plot against seconds draws the derived seconds too.
+  grid._save_time_to_quality(rows, str(tmp_path), costs)
+  assert os.path.getsize(tmp_path / 'valid_ll_vs_seconds.png') > 0
+
+
+def test_step_costs_file_is_read_or_refused_in_one_line(tmp_path):
+  good = tmp_path / 'benchmark.json'
+  good.write_text(json.dumps({'grid_step_seconds': {'preset': 'long', 'seconds_per_step': {
+      'vae': {'1': 0.01}}}}))
+  assert grid.load_step_seconds(str(good)) == {'vae': {'1': 0.01}}
+  (tmp_path / 'plain.json').write_text(json.dumps({'timings': {}}))
+  (tmp_path / 'broken.json').write_text('{')
+  for name, words in (('missing.json', 'cannot read'), ('broken.json', 'cannot read'),
+                      ('plain.json', 'no grid_step_seconds')):
+    with pytest.raises(errors.ConfigError, match=words) as raised:
+      grid.load_step_seconds(str(tmp_path / name))
+    assert '\n' not in str(raised.value)
 
 
 def test_gap_plot_is_drawn_against_rme_only_when_rme_ran(tmp_path):

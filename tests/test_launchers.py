@@ -377,6 +377,7 @@ def test_reproduce_runs_a_grid_resumes_and_rejects_bad_flags(data_dir, env, tmp_
   assert all(r['num_examples'] == 10 and r['num_importance_samples'] == 5 for r in rows)
   again = _check_ok(_launch('reproduce', flags, env))
   assert '4 cells, 4 already finished' in again and 'training' not in again
-  for bad in ('--preset=nope', '--methods=rme,nope', '--components=two', '--seeds=0'):
+  for bad in ('--preset=nope', '--methods=rme,nope', '--components=two', '--seeds=0',
+              f'--step_costs={tmp_path}/no_benchmark.json'):
     line = _check_one_line_error(_launch('reproduce', flags + [bad], env))
     assert bad.split('=')[0].lstrip('-') in line

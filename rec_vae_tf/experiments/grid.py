@@ -577,11 +577,13 @@ def _axes_suffix(dataset: str, network: str) -> str:
                  if v != default)
 
 
-def write_reports(rows: Sequence[Dict], workdir: str) -> Dict[str, str]:
+def write_reports(rows: Sequence[Dict], workdir: str,
+                  step_seconds: Optional[Dict[str, Dict[str, float]]] = None) -> Dict[str, str]:
   """The rows as JSON and CSV, table.md and its plots or ablation.md; returns the markdown.
 
   With validation log p(x) in the runs' histories, also the time-to-quality
-  plots and curves.md (`curve_table`).
+  plots and curves.md (`curve_table`); their seconds are derived from
+  step_seconds when it covers every method (`load_step_seconds`).
 
   The method grid writes cells.json / cells.csv, the ablation grid
   ablation_cells.json / .csv, so both can share one workdir (and its trainings).
@@ -600,7 +602,7 @@ def write_reports(rows: Sequence[Dict], workdir: str) -> Dict[str, str]:
                                   DISPLAY)
       plots.save_ll_vs_time(group, os.path.join(workdir, f'll_vs_inference_time{stem}.png'),
                             DISPLAY)
-    curves = _save_time_to_quality(rows, workdir)
+    curves = _save_time_to_quality(rows, workdir, step_seconds)
     if curves:
       out['curves.md'] = curve_table(curves)
     selection, _ = validation_selection(rows, workdir)
@@ -661,12 +663,19 @@ def validation_selection(rows: Sequence[Dict], workdir: str) -> Tuple[str, Dict[
   return '\n'.join(lines), chosen
 
 
-def _validation_curves(rows: Sequence[Dict], workdir: str) -> Dict[str, List[List[dict]]]:
+def _validation_curves(rows: Sequence[Dict], workdir: str,
+                       step_seconds: Optional[Dict[str, Dict[str, float]]] = None
+                       ) -> Dict[str, List[List[dict]]]:
   """Display name -> one list per seed of the history entries that carry a validation log p(x).
 
   From the test rows' runs (history.json); only runs whose config recorded
   validation log p(x) (valid_log_likelihood_every) take part. A mixture's name
-  carries its M.
+  carries its M. step_seconds (variant -> active count as a string -> seconds
+  per training step, `launch/benchmark.py --grid_preset`): each entry also gets
+  'step_cost_seconds', the training seconds up to its epoch had every step
+  cost what the benchmark measured (the steps of every epoch before it at its
+  active count), where the row's variant and every count it passed through
+  were measured.
   """
   curves: Dict[str, List[List[dict]]] = {}
   for r in rows:
@@ -674,15 +683,29 @@ def _validation_curves(rows: Sequence[Dict], workdir: str) -> Dict[str, List[Lis
       continue
     try:
       with open(os.path.join(workdir, r['run_dir'], 'history.json')) as f:
-        history = [h for h in json.load(f) if 'valid_log_likelihood' in h]
+        full = json.load(f)
     except (OSError, ValueError):
       continue
+    costs = (step_seconds or {}).get(r['variant'])
+    if costs and all(str(h.get('num_active')) in costs and 'step' in h for h in full):
+      total, step = 0.0, 0
+      for h in full:
+        total += (h['step'] - step) * costs[str(h['num_active'])]
+        step = h['step']
+        h['step_cost_seconds'] = total
+    history = [h for h in full if 'valid_log_likelihood' in h]
     if history:
       name = DISPLAY.get(r['variant'], r['variant'])
       if r['variant'] in MIXTURE_VARIANTS:
         name += f' M={r["num_components"]}'
       curves.setdefault(name, []).append(history)
   return curves
+
+
+def _seconds_field(curves: Dict[str, List[List[dict]]]) -> str:
+  """'step_cost_seconds' when every run of every curve has it, else 'train_seconds'."""
+  derived = all('step_cost_seconds' in h for runs in curves.values() for run in runs for h in run)
+  return 'step_cost_seconds' if derived else 'train_seconds'
 
 
 def _mean_curve(runs: Sequence[List[dict]], field: str) -> Dict[int, float]:
@@ -697,14 +720,29 @@ def _reference_curve(curves: Dict[str, List[List[dict]]], reference: str = 'rme'
   return next((name for name in curves if name.startswith(reference + ' M=')), None)
 
 
-def _save_time_to_quality(rows: Sequence[Dict], workdir: str) -> Dict[str, List[List[dict]]]:
+# The seconds axis of the time-to-quality plot, by `_seconds_field`.
+SECONDS_LABELS = {
+    'train_seconds': 'training seconds (this machine, under whatever load it had)',
+    'step_cost_seconds': 'training seconds at the benchmark\'s cost per step (derived)',
+}
+
+
+def _save_time_to_quality(rows: Sequence[Dict], workdir: str,
+                          step_seconds: Optional[Dict[str, Dict[str, float]]] = None
+                          ) -> Dict[str, List[List[dict]]]:
   """valid_ll_vs_epochs.png, valid_ll_vs_seconds.png and, with RME among several methods,
-  valid_ll_gap_vs_epochs.png; returns the curves drawn (maybe none)."""
+  valid_ll_gap_vs_epochs.png; returns the curves drawn (maybe none).
+
+  The seconds are the runs' own training seconds, or with step_seconds for
+  every method the derived ones (`_validation_curves`).
+  """
   from rec_vae_tf.experiments import plots  # pylint: disable=g-import-not-at-top
-  curves = _validation_curves(rows, workdir)
+  curves = _validation_curves(rows, workdir, step_seconds)
   if curves:
+    field = _seconds_field(curves)
     plots.save_time_to_quality(curves, os.path.join(workdir, 'valid_ll_vs_epochs.png'),
-                               os.path.join(workdir, 'valid_ll_vs_seconds.png'))
+                               os.path.join(workdir, 'valid_ll_vs_seconds.png'),
+                               seconds_field=field, seconds_label=SECONDS_LABELS[field])
     reference = _reference_curve(curves)
     if reference and len(curves) > 1:
       means = {name: _mean_curve(runs, 'valid_log_likelihood') for name, runs in curves.items()}
@@ -733,18 +771,21 @@ def curve_table(curves: Dict[str, List[List[dict]]], reference: str = 'rme') -> 
   reference method's mean at that epoch in brackets (positive: above it). The
   reference is the first curve whose name starts with `reference` followed by
   ' M=' (RME at its M), if any. Then, for the level every method reaches (the
-  lowest final mean, floored to 0.1 nat), the first measured epoch and
-  the training seconds (mean over seeds, from history.json) at which each
-  method's mean reached it. Only validation numbers: no test image takes part.
+  lowest final mean, floored to 0.1 nat) and for the reference's final mean
+  (floored), the first measured epoch and the training seconds (mean over
+  seeds; derived from the benchmark's cost per step where every run has them,
+  `_seconds_field`) at which each method's mean reached it. Only validation
+  numbers: no test image takes part.
   """
   means: Dict[str, Dict[int, float]] = {}
   seconds: Dict[str, Dict[int, float]] = {}
   seeds = {}
+  field = _seconds_field(curves)
   for name, runs in curves.items():
     mean = _mean_curve(runs, 'valid_log_likelihood')
     if mean:
       means[name], seeds[name] = mean, len(runs)
-      seconds[name] = _mean_curve(runs, 'train_seconds')
+      seconds[name] = _mean_curve(runs, field)
   if not means:
     return ''
   shared = sorted(set.intersection(*[set(m) for m in means.values()]))
@@ -762,17 +803,53 @@ def curve_table(curves: Dict[str, List[List[dict]]], reference: str = 'rme') -> 
   lines.append('Validation log p(x) (the grid\'s valid_log_likelihood_* images and samples, '
                'mean over seeds) at the epochs every run measured'
                + (f'; in brackets the difference to {ref} at the same epoch.' if ref else '.'))
-  if shared:
-    level = math.floor(min(m[shared[-1]] for m in means.values()) * 10) / 10
-    lines += ['', f'First measured epoch at which each method\'s mean reached {level:.1f} nats '
-              '(the lowest final mean), and the training seconds it had taken (this machine, '
-              'mean over seeds; seconds are comparable only between runs that had the CPU '
-              'to themselves):', '', '| method | epoch | training seconds |', '|---|---|---|']
-    for name, m in means.items():
+  if not shared:
+    return '\n'.join(lines) + '\n'
+  floor = lambda value: math.floor(value * 10) / 10
+  levels = [floor(min(m[shared[-1]] for m in means.values()))]
+  if ref and floor(means[ref][shared[-1]]) > levels[0]:
+    levels.append(floor(means[ref][shared[-1]]))
+  what = ['the lowest final mean'] + ([f'{ref}\'s final mean'] if len(levels) > 1 else [])
+  how = ('training seconds derived from the benchmark\'s cost per step of each method at each '
+         'active-component count (`launch/benchmark.py --grid_preset`, measured side by side '
+         'in one run) times the steps taken, without the validation passes; mean over seeds'
+         if field == 'step_cost_seconds' else
+         'training seconds as the runs measured them on this machine, mean over seeds: '
+         'comparable only between runs that had the CPU to themselves')
+  lines += ['', 'First measured epoch at which each method\'s mean reached '
+            + ' and '.join(f'{level:.1f} nats ({w})' for level, w in zip(levels, what))
+            + f', and the {how}:', '',
+            '| method | ' + ' | '.join(f'epoch to {level:.1f} | seconds to {level:.1f}'
+                                      for level in levels) + ' |',
+            '|---|' + '---|---|' * len(levels)]
+  for name, m in means.items():
+    cells = []
+    for level in levels:
       first = next((e for e in sorted(m) if m[e] >= level), None)
-      lines.append(f'| {name} | {first} | {seconds[name][first]:.0f} |' if first is not None
-                   else f'| {name} | not reached | |')
+      cells += ([str(first), f'{seconds[name][first]:.0f}'] if first is not None
+                else ['not reached', ''])
+    lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines) + '\n'
+
+
+def load_step_seconds(path: str) -> Dict[str, Dict[str, float]]:
+  """The seconds per training step in a `launch/benchmark.py --grid_preset` JSON file.
+
+  Returns variant -> active count (a string) -> seconds per step. Raises
+  ConfigError with one line when the file is missing, unreadable or has none.
+  """
+  try:
+    with open(path) as f:
+      report = json.load(f)
+  except (OSError, ValueError) as e:
+    raise errors.ConfigError(f'invalid flag: step_costs={path!r}: cannot read it as JSON '
+                           f'({e.__class__.__name__})') from None
+  costs = (report.get('grid_step_seconds') or {}).get('seconds_per_step') if isinstance(
+      report, dict) else None
+  if not costs:
+    raise errors.ConfigError(f'invalid flag: step_costs={path!r}; allowed: the --output of '
+                           '`launch/benchmark.py --grid_preset=...` (it has no grid_step_seconds)')
+  return costs
 
 
 def save_pictures(rows: Sequence[Dict], workdir: str, *, num_components: int,

@@ -163,7 +163,8 @@ def save_ll_vs_time(summary: Sequence[dict], path: str, display: Dict[str, str])
 
 
 def save_time_to_quality(curves: Dict[str, List[List[dict]]], path_epochs: str,
-                         path_seconds: str) -> List[str]:
+                         path_seconds: str, *, seconds_field: str = 'train_seconds',
+                         seconds_label: str = 'training seconds (this machine)') -> List[str]:
   """Validation log p(x) against epochs and against training seconds, one line per method.
 
   Args:
@@ -172,6 +173,8 @@ def save_time_to_quality(curves: Dict[str, List[List[dict]]], path_epochs: str,
       the mean over its seeds at each recorded epoch (and their mean seconds);
       with several seeds a band shows their range.
     path_epochs, path_seconds: the two PNG files.
+    seconds_field, seconds_label: the entries' seconds to draw against (e.g. the
+      derived 'step_cost_seconds') and the axis label.
   Returns:
     The two paths.
   """
@@ -182,7 +185,7 @@ def save_time_to_quality(curves: Dict[str, List[List[dict]]], path_epochs: str,
       continue
     pick = lambda run, field: [next(h[field] for h in run if h['epoch'] == e) for e in epochs]
     ll = np.array([pick(run, 'valid_log_likelihood') for run in runs])  # [seeds, points]
-    seconds = np.array([pick(run, 'train_seconds') for run in runs]).mean(0)
+    seconds = np.array([pick(run, seconds_field) for run in runs]).mean(0)
     for key, x in (('epoch', np.array(epochs)), ('train_seconds', seconds)):
       ax = figs[key][1]
       line, = ax.plot(x, ll.mean(0), marker='.', label=f'{name} ({len(runs)} seed'
@@ -191,7 +194,7 @@ def save_time_to_quality(curves: Dict[str, List[List[dict]]], path_epochs: str,
         ax.fill_between(x, ll.min(0), ll.max(0), color=line.get_color(), alpha=0.15)
   paths = []
   for key, path, xlabel in (('epoch', path_epochs, 'epoch'),
-                            ('train_seconds', path_seconds, 'training seconds (this machine)')):
+                            ('train_seconds', path_seconds, seconds_label)):
     fig, ax = figs[key]
     ax.set_xlabel(xlabel)
     ax.set_ylabel('validation log p(x) (nats)')
