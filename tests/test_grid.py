@@ -315,7 +315,8 @@ def _write_history(tmp_path, variant, history):
   run_dir = f'runs/{variant}'
   os.makedirs(tmp_path / run_dir)
   (tmp_path / run_dir / 'history.json').write_text(json.dumps(history))
-  return {'split': 'test', 'variant': variant, 'run_dir': run_dir, 'num_components': 2}
+  return {'split': 'test', 'variant': variant, 'cell': variant, 'run_dir': run_dir,
+          'num_components': 2}
 
 
 def test_seconds_along_the_curves_are_derived_from_the_benchmarks_step_costs(tmp_path):
@@ -343,6 +344,19 @@ def test_seconds_along_the_curves_are_derived_from_the_benchmarks_step_costs(tmp
   # The plot against seconds draws the derived seconds too.
   grid._save_time_to_quality(rows, str(tmp_path), costs)
   assert os.path.getsize(tmp_path / 'valid_ll_vs_seconds.png') > 0
+  # The method table: per epoch, rme (5 + 20) / 2 and vae 5 / 2, beside the runs' own s/epoch.
+  epoch_seconds = grid.benchmark_epoch_seconds(rows, str(tmp_path), costs)
+  assert epoch_seconds == {'rme': 12.5, 'vae': 2.5}
+  full = [dict(r, seed=0, log_likelihood=-90.0, elbo=-95.0,
+               seconds_per_epoch=45.0, inference_ms_per_batch=1.0, num_parameters=10,
+               num_importance_samples=5, num_examples=3) for r in rows]
+  table = grid.method_table(full, epoch_seconds)
+  assert '| s/epoch | s/epoch (benchmark) |' in table
+  assert '| rme | 2 | 1 | -90.00 | -95.00 | 10 | 45.0 | 12.5 | 1.00 |' in table
+  assert '| vae | 2 | 1 | -90.00 | -95.00 | 10 | 45.0 | 2.5 | 1.00 |' in table
+  # Not every cell measured: no such column.
+  assert 'benchmark' not in grid.method_table(full, {'rme': 12.5})
+  assert 'benchmark' not in grid.method_table(full)
 
 
 def test_step_costs_file_is_read_or_refused_in_one_line(tmp_path):

@@ -479,8 +479,9 @@ def summarize(rows: Sequence[Dict],
     entry = dict(zip(key, k))
     entry['seeds'] = len(rs)
     fields = ['log_likelihood', 'elbo', 'seconds_per_epoch', 'inference_ms_per_batch']
-    if all(r.get('bits_per_dim') is not None for r in rs):
-      fields.append('bits_per_dim')
+    for optional in ('bits_per_dim', 'benchmark_seconds_per_epoch'):
+      if all(r.get(optional) is not None for r in rs):
+        fields.append(optional)
     for field in fields:
       entry[field], entry[field + '_std'] = _mean_std([r[field] for r in rs])
     # The estimator's own uncertainty: each seed's standard error, averaged (and the
@@ -499,22 +500,29 @@ def _number(value: Optional[float], digits: int = 2) -> str:
   return '' if value is None else f'{value:.{digits}f}'
 
 
-def method_table(rows: Sequence[Dict]) -> str:
+def method_table(rows: Sequence[Dict], epoch_seconds: Optional[Dict[str, float]] = None) -> str:
   """Markdown: one line per (variant, M), mean ± std over seeds.
 
   With a dataset or network other than mnist / small in the rows, a line is per
   (dataset, network, variant, M) and the table gets those columns; with a
-  colour dataset, a bits/dim column (blank for binary datasets).
+  colour dataset, a bits/dim column (blank for binary datasets). epoch_seconds
+  (cell id -> seconds per epoch at the benchmark's cost per step,
+  `benchmark_epoch_seconds`): a column of them when every test cell has one.
   """
-  summary = summarize([r for r in rows if r['split'] == 'test'])
+  tests = [r for r in rows if r['split'] == 'test']
+  derived = bool(tests) and all(r['cell'] in (epoch_seconds or {}) for r in tests)
+  if derived:
+    tests = [dict(r, benchmark_seconds_per_epoch=epoch_seconds[r['cell']]) for r in tests]
+  summary = summarize(tests)
   axes = any((s['dataset'], s['network']) != (DEFAULT_DATASET, DEFAULT_NETWORK)
              for s in summary)
   bits = any(s['dataset'] in config_lib.COLOUR_DATASETS for s in summary)
   strat = any(s.get('log_likelihood_stratified') is not None for s in summary)
   lines = ['| ' + ('dataset | network | ' if axes else '') + 'method | M | seeds | test log p(x) | '
-           + ('bits/dim | ' if bits else '') + 'test ELBO | parameters | s/epoch '
-           '| inference ms/batch | s.e. |' + (' stratified |' if strat else ''),
-           '|' + '---|' * (9 + 2 * axes + bits + strat)]
+           + ('bits/dim | ' if bits else '') + 'test ELBO | parameters | s/epoch | '
+           + ('s/epoch (benchmark) | ' if derived else '') +
+           'inference ms/batch | s.e. |' + (' stratified |' if strat else ''),
+           '|' + '---|' * (9 + 2 * axes + bits + strat + derived)]
   for s in summary:
     colour = s['dataset'] in config_lib.COLOUR_DATASETS and 'bits_per_dim' in s
     lines.append(
@@ -525,6 +533,8 @@ def method_table(rows: Sequence[Dict]) -> str:
            if bits else '') +
         f'{_pm(s["elbo"], s["elbo_std"])} | '
         f'{s["num_parameters"]:,} | {_pm(s["seconds_per_epoch"], s["seconds_per_epoch_std"], 1)} | '
+        + (f'{_pm(s["benchmark_seconds_per_epoch"], s["benchmark_seconds_per_epoch_std"], 1)} | '
+           if derived else '') +
         f'{_pm(s["inference_ms_per_batch"], s["inference_ms_per_batch_std"])} | '
         f'{_number(s.get("log_likelihood_se"))} |' +
         (f' {_number(s.get("log_likelihood_stratified"))} |' if strat else ''))
@@ -535,6 +545,10 @@ def method_table(rows: Sequence[Dict]) -> str:
                  'posterior pass over a batch (refinement steps included for savae / vae+svi, '
                  'one flow pass for iaf / hf); s.e.: the standard error of a seed\'s test '
                  'log p(x) (per-image estimates\' std / sqrt(N)), averaged over seeds'
+                 + ('; s/epoch: as the run measured it (with whatever load the machine had); '
+                    's/epoch (benchmark): the run\'s training steps at the benchmark\'s cost per '
+                    'step of its method and active-component count (launch/benchmark.py '
+                    '--grid_preset, measured side by side), per epoch' if derived else '')
                  + ('; stratified: the stratified estimate (K / M from each component), mean '
                     'over seeds' if strat else '') + '.')
   return '\n'.join(lines) + '\n'
@@ -593,7 +607,8 @@ def write_reports(rows: Sequence[Dict], workdir: str,
   write_rows(rows, workdir, 'ablation_cells' if ablation_only else 'cells')
   out = {}
   if any(r['split'] == 'test' for r in rows):
-    out['table.md'] = method_table(rows)
+    out['table.md'] = method_table(
+        rows, benchmark_epoch_seconds(rows, workdir, step_seconds) if step_seconds else None)
     summary = summarize([r for r in rows if r['split'] == 'test'])
     # One pair of plots per (dataset, network); file names carry them unless mnist / small.
     for (dataset, network), group in _by_axes(summary).items():
@@ -663,43 +678,63 @@ def validation_selection(rows: Sequence[Dict], workdir: str) -> Tuple[str, Dict[
   return '\n'.join(lines), chosen
 
 
+def _history(row: Dict, workdir: str,
+             step_seconds: Optional[Dict[str, Dict[str, float]]] = None) -> Optional[List[dict]]:
+  """The row's run history (history.json), or None where it cannot be read.
+
+  step_seconds (variant -> active count as a string -> seconds per training
+  step, `launch/benchmark.py --grid_preset`): each entry also gets
+  'step_cost_seconds', the training seconds up to its epoch had every step
+  cost what the benchmark measured (each epoch's steps at its active count),
+  where the row's variant and every count it passed through were measured.
+  """
+  try:
+    with open(os.path.join(workdir, row['run_dir'], 'history.json')) as f:
+      history = json.load(f)
+  except (OSError, ValueError):
+    return None
+  costs = (step_seconds or {}).get(row['variant'])
+  if costs and all(str(h.get('num_active')) in costs and 'step' in h for h in history):
+    total, step = 0.0, 0
+    for h in history:
+      total += (h['step'] - step) * costs[str(h['num_active'])]
+      step = h['step']
+      h['step_cost_seconds'] = total
+  return history
+
+
 def _validation_curves(rows: Sequence[Dict], workdir: str,
                        step_seconds: Optional[Dict[str, Dict[str, float]]] = None
                        ) -> Dict[str, List[List[dict]]]:
   """Display name -> one list per seed of the history entries that carry a validation log p(x).
 
-  From the test rows' runs (history.json); only runs whose config recorded
+  From the test rows' runs (`_history`, with the derived 'step_cost_seconds'
+  where step_seconds covers the run); only runs whose config recorded
   validation log p(x) (valid_log_likelihood_every) take part. A mixture's name
-  carries its M. step_seconds (variant -> active count as a string -> seconds
-  per training step, `launch/benchmark.py --grid_preset`): each entry also gets
-  'step_cost_seconds', the training seconds up to its epoch had every step
-  cost what the benchmark measured (the steps of every epoch before it at its
-  active count), where the row's variant and every count it passed through
-  were measured.
+  carries its M.
   """
   curves: Dict[str, List[List[dict]]] = {}
   for r in rows:
     if r['split'] != 'test':
       continue
-    try:
-      with open(os.path.join(workdir, r['run_dir'], 'history.json')) as f:
-        full = json.load(f)
-    except (OSError, ValueError):
-      continue
-    costs = (step_seconds or {}).get(r['variant'])
-    if costs and all(str(h.get('num_active')) in costs and 'step' in h for h in full):
-      total, step = 0.0, 0
-      for h in full:
-        total += (h['step'] - step) * costs[str(h['num_active'])]
-        step = h['step']
-        h['step_cost_seconds'] = total
-    history = [h for h in full if 'valid_log_likelihood' in h]
+    history = [h for h in _history(r, workdir, step_seconds) or () if 'valid_log_likelihood' in h]
     if history:
       name = DISPLAY.get(r['variant'], r['variant'])
       if r['variant'] in MIXTURE_VARIANTS:
         name += f' M={r["num_components"]}'
       curves.setdefault(name, []).append(history)
   return curves
+
+
+def benchmark_epoch_seconds(rows: Sequence[Dict], workdir: str,
+                            step_seconds: Dict[str, Dict[str, float]]) -> Dict[str, float]:
+  """Cell id -> its run's derived training seconds (`_history`) per epoch, where it has them."""
+  out = {}
+  for r in rows:
+    history = _history(r, workdir, step_seconds)
+    if history and 'step_cost_seconds' in history[-1]:
+      out[r['cell']] = history[-1]['step_cost_seconds'] / history[-1]['epoch']
+  return out
 
 
 def _seconds_field(curves: Dict[str, List[List[dict]]]) -> str:
