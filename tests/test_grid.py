@@ -271,12 +271,24 @@ def test_validation_selection_uses_only_the_final_validation_log_likelihood(tmp_
     history = [{'step': i, 'valid_log_likelihood': v} for i, v in enumerate(finals)]
     history.insert(0, {'step': -1})  # epochs without the measurement are skipped
     (tmp_path / run_dir / 'history.json').write_text(json.dumps(history))
-    rows.append({'split': 'test', 'variant': variant, 'run_dir': run_dir, 'log_likelihood': test})
+    rows.append({'split': 'test', 'variant': variant, 'run_dir': run_dir, 'log_likelihood': test,
+                 'seed': seed})
   text, chosen = grid.validation_selection(rows, str(tmp_path))
   assert chosen == {'RME (bound, gradients to the encoders)': 'rme_iw'}  # iwae alone: no choice
+  assert 'chosen `rme_iw` on validation (seeds 0, 1: those every variant has)' in text
   assert '| rme_iw | 2 | -94.25 | 0.25 | +0.00 |' in text
   assert '| rme | 2 | -95.50 | 0.50 | -1.25 |' in text
   assert 'IWAE' not in text
+  # A variant with seed 0 only: the family is compared on seed 0 alone, where rme_iw_enc's
+  # -94.1 loses to rme_iw's -94.0 (against rme_iw's two-seed mean, -94.25, it would win).
+  os.makedirs(tmp_path / 'runs/enc-0')
+  (tmp_path / 'runs/enc-0/history.json').write_text(json.dumps([{'valid_log_likelihood': -94.1}]))
+  enc = {'split': 'test', 'variant': 'rme_iw_enc', 'run_dir': 'runs/enc-0', 'seed': 0}
+  text, chosen = grid.validation_selection(rows + [enc], str(tmp_path))
+  assert chosen == {'RME (bound, gradients to the encoders)': 'rme_iw'}
+  assert '(seed 0: those every variant has; left out: 1)' in text
+  assert '| rme_iw | 1 | -94.00 | 0.00 | +0.00 |' in text
+  assert '| rme_iw (bound to encoders) | 1 | -94.10 | 0.00 | -0.10 |' in text
 
 
 def test_curve_table_gaps_to_rme_along_training_and_epochs_to_a_common_level(tmp_path):

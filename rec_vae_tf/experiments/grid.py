@@ -653,22 +653,30 @@ def validation_selection(rows: Sequence[Dict], workdir: str) -> Tuple[str, Dict[
   Each family of `SELECTION_GROUPS` with at least two variants in `rows` is
   decided by the mean over seeds of the final validation log p(x) (history.json:
   valid_log_likelihood_samples samples on the first valid_log_likelihood_examples
-  validation images); no test number takes part. Families without it: nothing.
+  validation images), over the seeds every variant of the family has (a grid
+  still running would otherwise set one variant's lucky seed against another's
+  two); no test number takes part. Families without it: nothing.
   """
   lines, chosen = [], {}
   for family, variants in SELECTION_GROUPS.items():
-    scores = {}
+    by_seed: Dict[str, Dict[int, float]] = {}
     for r in rows:
       if r['split'] == 'test' and r['variant'] in variants:
         value = _final_valid_log_likelihood(workdir, r)
         if value is not None:
-          scores.setdefault(r['variant'], []).append(value)
-    if len(scores) < 2:
+          by_seed.setdefault(r['variant'], {})[r.get('seed', 0)] = value
+    common = sorted(set.intersection(*[set(v) for v in by_seed.values()])) if by_seed else []
+    if len(by_seed) < 2 or not common:
       continue
+    scores = {v: [values[seed] for seed in common] for v, values in by_seed.items()}
+    left_out = sorted(set().union(*[set(v) for v in by_seed.values()]) - set(common))
     means = {v: float(np.mean(x)) for v, x in scores.items()}
     best = max(means, key=means.get)
     chosen[family] = best
-    lines += [f'**{family}**: chosen `{best}` on validation', '',
+    seeds_text = ', '.join(map(str, common))
+    lines += [f'**{family}**: chosen `{best}` on validation (seed{"s" if len(common) > 1 else ""} '
+              f'{seeds_text}: those every variant has'
+              + (f'; left out: {", ".join(map(str, left_out))}' if left_out else '') + ')', '',
               '| variant | seeds | final validation log p(x) | std | vs chosen |',
               '|---|---|---|---|---|']
     for v in sorted(means, key=means.get, reverse=True):
