@@ -53,11 +53,16 @@ derived from a benchmark of the preset's methods, free of the grid's load:
 Writes into --workdir: cells.json, cells.csv (every cell), table.md (mean ±
 std over seeds) or ablation.md and ablation_cells.json/.csv, ll_vs_components.png, ll_vs_inference_time.png,
 samples.png, reconstructions.png; training runs live in runs/, finished cells
-in cells/. Rerunning the same command trains nothing that is finished.
+in cells/, and a copy of each run's history.json in histories/. Rerunning the
+same command trains nothing that is finished. --reports_only rewrites the
+reports from what a folder holds without training, so committed results (a
+copy of cells.json and histories/) rebuild alone:
+  python -m launch.reproduce --preset=long --reports_only --workdir=results/long
 """
 
 import dataclasses
 import logging
+import os
 
 from absl import app
 from absl import flags
@@ -102,6 +107,10 @@ flags.DEFINE_string('step_costs', '',
                     'log p(x) against the training seconds its steps would take at the '
                     'benchmark\'s cost per step (measured side by side, free of the load the '
                     'grid ran beside) instead of the seconds the runs measured.')
+flags.DEFINE_boolean('reports_only', False,
+                     'Train nothing: rewrite the reports of the finished cells in --workdir '
+                     '(cells/ or cells.json, with the runs\' histories or their copies in '
+                     'histories/), e.g. --workdir=results/long to rebuild committed results.')
 FLAGS = flags.FLAGS
 
 
@@ -145,6 +154,9 @@ def main(argv):
                     ablation_axes=FLAGS.ablation_axes, variants=FLAGS.methods,
                     seeds=range(FLAGS.seeds) if FLAGS.seeds else None, component_grid=components,
                     datasets=FLAGS.datasets, networks=FLAGS.networks)
+  if FLAGS.reports_only:
+    _write_reports_only(grid, cells, preset, step_seconds)
+    return
   for data_dir, dataset in sorted({(c.config.data_dir, c.config.dataset) for c in cells}):
     common.check_data_dir(data_dir, dataset)
   common.claim_workdir(FLAGS.workdir)  # writable and locked, before TensorFlow loads
@@ -161,6 +173,25 @@ def main(argv):
   reports = grid.write_reports(rows, FLAGS.workdir, step_seconds)
   if not FLAGS.ablation:
     grid.save_pictures(rows, FLAGS.workdir, num_components=preset.num_components)
+  _log_reports(reports)
+
+
+def _write_reports_only(grid, cells, preset, step_seconds):
+  """--reports_only: the reports of the cells finished in --workdir; nothing trains."""
+  if not os.path.isdir(FLAGS.workdir):
+    raise common.errors.ConfigError(f'invalid flag: workdir={FLAGS.workdir}: no such directory')
+  rows, missing = grid.finished_rows(cells, FLAGS.workdir, preset.stratified)
+  if not rows:
+    raise common.errors.ConfigError(
+        f'--reports_only: none of the {len(cells)} cells of this grid finished in {FLAGS.workdir}')
+  common.claim_workdir(FLAGS.workdir, what='reports')
+  if missing:
+    common.log(f'{len(missing)} of {len(cells)} cells not finished, left out: '
+               + ', '.join(c.cell_id for c in missing))
+  _log_reports(grid.write_reports(rows, FLAGS.workdir, step_seconds))
+
+
+def _log_reports(reports):
   for name, text in reports.items():
     common.log(f'\n{name}:\n{text}')
   common.log(f'wrote {", ".join(reports)}, cells.json, cells.csv and the plots to {FLAGS.workdir}')

@@ -257,6 +257,25 @@ def test_importance_weighted_variants_stratified_rows_and_time_to_quality_plots(
   with open(tmp_path / rows[0]['run_dir'] / 'history.json') as f:
     history = json.load(f)
   assert [np.isfinite(h['valid_log_likelihood']) for h in history] == [True, True]
+  # A results folder (cells.json and the kept histories, no runs/ or cells/) rebuilds the
+  # same reports; a cell missing from it, or saved for another config, is reported missing.
+  results = tmp_path / 'results'
+  os.makedirs(results / grid.HISTORIES_DIR)
+  (results / 'cells.json').write_text((tmp_path / 'cells.json').read_text())
+  for r in rows:
+    name = r['cell'] + '.json'
+    kept = (tmp_path / grid.HISTORIES_DIR / name).read_text()
+    assert json.loads(kept) == json.loads((tmp_path / r['run_dir'] / 'history.json').read_text())
+    (results / grid.HISTORIES_DIR / name).write_text(kept)
+  found, missing = grid.finished_rows(cells, str(results), stratified=True)
+  assert found == rows and missing == []
+  rebuilt = grid.write_reports(found, str(results))
+  assert rebuilt == reports
+  saved = json.loads((results / 'cells.json').read_text())
+  saved[1]['config']['seed'] = 7
+  (results / 'cells.json').write_text(json.dumps(saved[2:] + saved[1:2]))
+  found, missing = grid.finished_rows(cells, str(results), stratified=True)
+  assert found == rows[2:] and missing == cells[:2]
 
 
 def test_validation_selection_uses_only_the_final_validation_log_likelihood(tmp_path):

@@ -377,6 +377,21 @@ def test_reproduce_runs_a_grid_resumes_and_rejects_bad_flags(data_dir, env, tmp_
   assert all(r['num_examples'] == 10 and r['num_importance_samples'] == 5 for r in rows)
   again = _check_ok(_launch('reproduce', flags, env))
   assert '4 cells, 4 already finished' in again and 'training' not in again
+  # --reports_only: a folder holding only cells.json (one cell dropped) rebuilds the table.
+  results = tmp_path / 'results'
+  os.makedirs(results)
+  (results / 'cells.json').write_text(json.dumps(rows[1:]))
+  rebuilt = _check_ok(_launch('reproduce', flags[:1] + [f'--workdir={results}', '--reports_only']
+                              + flags[2:], env))
+  assert f'1 of 4 cells not finished, left out: {rows[0]["cell"]}' in rebuilt
+  with open(os.path.join(workdir, 'table.md')) as f:
+    table = f.read().splitlines()
+  rebuilt_table = (results / 'table.md').read_text().splitlines()
+  assert len(rebuilt_table) > 2 and set(rebuilt_table) <= set(table)
+  assert not os.path.exists(results / 'runs')  # nothing trained
+  line = _check_one_line_error(_launch(
+      'reproduce', [f'--workdir={tmp_path / "empty"}', '--reports_only'] + flags[2:], env))
+  assert 'workdir' in line
   for bad in ('--preset=nope', '--methods=rme,nope', '--components=two', '--seeds=0',
               f'--step_costs={tmp_path}/no_benchmark.json'):
     line = _check_one_line_error(_launch('reproduce', flags + [bad], env))

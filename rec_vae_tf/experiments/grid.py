@@ -599,12 +599,17 @@ def write_reports(rows: Sequence[Dict], workdir: str,
   plots and curves.md (`curve_table`); their seconds are derived from
   step_seconds when it covers every method (`load_step_seconds`).
 
+  Each test row's run history is copied to histories/<cell>.json
+  (`keep_histories`): with them and cells.json the folder rebuilds its
+  reports alone (`launch/reproduce.py --reports_only`).
+
   The method grid writes cells.json / cells.csv, the ablation grid
   ablation_cells.json / .csv, so both can share one workdir (and its trainings).
   """
   from rec_vae_tf.experiments import plots  # pylint: disable=g-import-not-at-top
   ablation_only = all(r['split'] == 'valid' for r in rows)
   write_rows(rows, workdir, 'ablation_cells' if ablation_only else 'cells')
+  keep_histories(rows, workdir)
   out = {}
   if any(r['split'] == 'test' for r in rows):
     out['table.md'] = method_table(
@@ -638,12 +643,9 @@ SELECTION_GROUPS = {
 
 
 def _final_valid_log_likelihood(workdir: str, row: Dict) -> Optional[float]:
-  """The last validation log p(x) of the row's run (history.json), or None."""
-  try:
-    with open(os.path.join(workdir, row['run_dir'], 'history.json')) as f:
-      values = [h['valid_log_likelihood'] for h in json.load(f) if 'valid_log_likelihood' in h]
-  except (OSError, ValueError, TypeError, KeyError):
-    return None
+  """The last validation log p(x) of the row's run (`_history`), or None."""
+  values = [h['valid_log_likelihood'] for h in _history(row, workdir) or ()
+            if isinstance(h, dict) and 'valid_log_likelihood' in h]
   return float(values[-1]) if values else None
 
 
@@ -686,6 +688,68 @@ def validation_selection(rows: Sequence[Dict], workdir: str) -> Tuple[str, Dict[
   return '\n'.join(lines), chosen
 
 
+# Where write_reports keeps a copy of each row's run history (<cell>.json), so that the
+# reports can be rebuilt from a results folder that holds no runs (`--reports_only`).
+HISTORIES_DIR = 'histories'
+
+
+def _history_file(row: Dict, workdir: str) -> str:
+  """The row's run history.json, or where there is none the copy in HISTORIES_DIR."""
+  run = os.path.join(workdir, row.get('run_dir') or '', 'history.json')
+  if row.get('run_dir') and os.path.exists(run):
+    return run
+  return os.path.join(workdir, HISTORIES_DIR, row['cell'] + '.json')
+
+
+def keep_histories(rows: Sequence[Dict], workdir: str) -> int:
+  """Copies each test row's run history into <workdir>/histories/<cell>.json; returns how many.
+
+  A run directory holds checkpoints and is not meant to be committed or kept;
+  these small copies are what the curves, selection.md and the derived seconds
+  need to be rebuilt later. A row whose run is gone keeps the copy it has.
+  """
+  kept = 0
+  for r in rows:
+    run = os.path.join(workdir, r.get('run_dir') or '', 'history.json')
+    if r['split'] != 'test' or not r.get('run_dir') or not os.path.exists(run):
+      continue
+    with open(run) as f:
+      history = json.load(f)
+    os.makedirs(os.path.join(workdir, HISTORIES_DIR), exist_ok=True)
+    config_lib.write_json_atomic(os.path.join(workdir, HISTORIES_DIR, r['cell'] + '.json'), history)
+    kept += 1
+  return kept
+
+
+def finished_rows(cells: Sequence[Cell], workdir: str, stratified: bool = False
+                  ) -> Tuple[List[Dict], List[Cell]]:
+  """The saved rows of the cells that finished in workdir, and the cells that did not.
+
+  A row comes from cells/<cell>.json (a grid's workdir) or else from cells.json
+  (a results folder such as results/long); either way only when `_finished`
+  accepts it for the cell's config.
+  """
+  saved = {}
+  try:
+    with open(os.path.join(workdir, 'cells.json')) as f:
+      saved = {r['cell']: r for r in json.load(f)}
+  except (OSError, ValueError, TypeError, KeyError):
+    pass
+  rows, missing = [], []
+  for cell in cells:
+    row = saved.get(cell.cell_id)
+    try:
+      with open(_cell_path(workdir, cell)) as f:
+        row = json.load(f)
+    except (OSError, ValueError):
+      pass
+    if row is not None and _finished(row, cell, stratified):
+      rows.append(row)
+    else:
+      missing.append(cell)
+  return rows, missing
+
+
 def _history(row: Dict, workdir: str,
              step_seconds: Optional[Dict[str, Dict[str, float]]] = None) -> Optional[List[dict]]:
   """The row's run history (history.json), or None where it cannot be read.
@@ -697,7 +761,7 @@ def _history(row: Dict, workdir: str,
   where the row's variant and every count it passed through were measured.
   """
   try:
-    with open(os.path.join(workdir, row['run_dir'], 'history.json')) as f:
+    with open(_history_file(row, workdir)) as f:
       history = json.load(f)
   except (OSError, ValueError):
     return None
