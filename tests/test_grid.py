@@ -273,9 +273,10 @@ def test_importance_weighted_variants_stratified_rows_and_time_to_quality_plots(
   assert rebuilt == reports
   saved = json.loads((results / 'cells.json').read_text())
   saved[1]['config']['seed'] = 7
+  saved[2]['config']['data_dir'] = '/where/the/data/lay/then'  # not part of the match
   (results / 'cells.json').write_text(json.dumps(saved[2:] + saved[1:2]))
   found, missing = grid.finished_rows(cells, str(results), stratified=True)
-  assert found == rows[2:] and missing == cells[:2]
+  assert [r['cell'] for r in found] == [r['cell'] for r in rows[2:]] and missing == cells[:2]
 
 
 def test_validation_selection_uses_only_the_final_validation_log_likelihood(tmp_path):
@@ -385,6 +386,16 @@ def test_seconds_along_the_curves_are_derived_from_the_benchmarks_step_costs(tmp
   assert '| s/epoch | s/epoch (benchmark) |' in table
   assert '| rme | 2 | 1 | -90.00 | -95.00 | 10 | 45.0 | 12.5 | 1.00 |' in table
   assert '| vae | 2 | 1 | -90.00 | -95.00 | 10 | 45.0 | 2.5 | 1.00 |' in table
+  # Runs whose histories are gone: the same seconds from their configs' schedules (1,000
+  # training images in batches of 100: 10 steps per epoch, rme's second component from step 10).
+  configs = {'rme': config_lib.Config(method='rme', num_components=2, epochs=2,
+                                      epochs_per_component=1.0, train_examples=1000),
+             'vae': config_lib.Config(method='vae', num_components=1, epochs=2, train_examples=1000)}
+  gone = [dict(r, cell=r['cell'] + '_gone', run_dir='runs/gone',
+               config=configs[r['variant']].to_dict()) for r in rows]
+  assert grid.benchmark_epoch_seconds(gone, str(tmp_path), costs) == {
+      'rme_gone': 12.5, 'vae_gone': 2.5}
+  assert grid.benchmark_epoch_seconds(gone, str(tmp_path), {'rme': {'1': 0.5}}) == {}
   # Not every cell measured: no such column.
   assert 'benchmark' not in grid.method_table(full, {'rme': 12.5})
   assert 'benchmark' not in grid.method_table(full)

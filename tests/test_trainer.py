@@ -16,6 +16,7 @@ from rec_vae_tf.methods import semi_amortized
 from rec_vae_tf.training import trainer as trainer_lib
 from rec_vae_tf.training import loop as loop_lib
 from rec_vae_tf.training import runstate
+from rec_vae_tf.training import schedule
 
 P = 12  # pixels
 N_TRAIN, BATCH = 24, 4  # 6 steps per epoch
@@ -68,10 +69,10 @@ def _values(trainer):
 
 def test_schedule():
   cfg = _cfg()
-  assert [trainer_lib.num_active_at(cfg, s, 6) for s in (0, 5, 6, 11, 12, 100)] == [1, 1, 2, 2, 3, 3]
-  assert trainer_lib.next_activation_step(cfg, 0, 6) == 6
-  assert trainer_lib.next_activation_step(cfg, 12, 6) is None
-  assert trainer_lib.num_active_at(cfg.replace(schedule='simultaneous'), 0, 6) == 3
+  assert [schedule.num_active_at(cfg, s, 6) for s in (0, 5, 6, 11, 12, 100)] == [1, 1, 2, 2, 3, 3]
+  assert schedule.next_activation_step(cfg, 0, 6) == 6
+  assert schedule.next_activation_step(cfg, 12, 6) is None
+  assert schedule.num_active_at(cfg.replace(schedule='simultaneous'), 0, 6) == 3
 
 
 def test_two_stages_then_kill_and_resume_equals_an_uninterrupted_run(tmp_path):

@@ -385,9 +385,13 @@ def run_cell(cell: Cell, workdir: str, *, num_importance_samples: int, examples:
           'run_dir': os.path.relpath(run_dir, workdir)}
 
 
-def _finished(row: Dict, cell: Cell, stratified: bool) -> bool:
-  """Whether a cell's saved row can be reused: same config, today's fields, the estimates asked for."""
-  return (row.get('config') == cell.config.to_dict() and set(rows_lib.FIELDS) <= set(row) and
+def _finished(row: Dict, cell: Cell, stratified: bool, ignore: Sequence[str] = ()) -> bool:
+  """Whether a cell's saved row can be reused: same config (but the fields in `ignore`),
+  today's fields, the estimates asked for."""
+  def fields(config):
+    return {k: v for k, v in config.items() if k not in ignore} if isinstance(config, dict) else config
+  return (fields(row.get('config')) == fields(cell.config.to_dict()) and
+          set(rows_lib.FIELDS) <= set(row) and
           (not stratified or row.get('log_likelihood_stratified') is not None))
 
 
@@ -727,7 +731,7 @@ def finished_rows(cells: Sequence[Cell], workdir: str, stratified: bool = False
 
   A row comes from cells/<cell>.json (a grid's workdir) or else from cells.json
   (a results folder such as results/long); either way only when `_finished`
-  accepts it for the cell's config.
+  accepts it for the cell's config, wherever its data lay (data_dir aside).
   """
   saved = {}
   try:
@@ -743,7 +747,7 @@ def finished_rows(cells: Sequence[Cell], workdir: str, stratified: bool = False
         row = json.load(f)
     except (OSError, ValueError):
       pass
-    if row is not None and _finished(row, cell, stratified):
+    if row is not None and _finished(row, cell, stratified, ignore=('data_dir',)):
       rows.append(row)
     else:
       missing.append(cell)
@@ -800,13 +804,55 @@ def _validation_curves(rows: Sequence[Dict], workdir: str,
 
 def benchmark_epoch_seconds(rows: Sequence[Dict], workdir: str,
                             step_seconds: Dict[str, Dict[str, float]]) -> Dict[str, float]:
-  """Cell id -> its run's derived training seconds (`_history`) per epoch, where it has them."""
+  """Cell id -> its run's derived training seconds per epoch, where they can be derived.
+
+  From the run's history (`_history`: the steps it took at each active count),
+  or where the history is gone from its config (`scheduled_epoch_seconds`).
+  """
   out = {}
   for r in rows:
     history = _history(r, workdir, step_seconds)
     if history and 'step_cost_seconds' in history[-1]:
       out[r['cell']] = history[-1]['step_cost_seconds'] / history[-1]['epoch']
+    elif history is None:
+      seconds = scheduled_epoch_seconds(r, step_seconds)
+      if seconds is not None:
+        out[r['cell']] = seconds
   return out
+
+
+def scheduled_epoch_seconds(row: Dict, step_seconds: Dict[str, Dict[str, float]]
+                            ) -> Optional[float]:
+  """Seconds per epoch of the row's training at the benchmark's cost per step, from its config.
+
+  Every step is priced at the active count the recursion schedule gives it
+  (`rec_vae_tf.training.schedule`); the same as from the history for a run
+  that trained its whole config. None where the variant, a count it passes
+  through or the config's dataset is unknown.
+  """
+  from rec_vae_tf.training import schedule  # pylint: disable=g-import-not-at-top
+  costs = step_seconds.get(row['variant'])
+  try:
+    cfg = config_lib.Config.from_dict(row['config'])
+    spec = data_catalog.SPECS[cfg.dataset]
+  except (errors.ConfigError, KeyError, TypeError):
+    return None
+  num_train = spec.split_sizes[0]
+  if cfg.train_examples:
+    num_train = min(num_train, cfg.train_examples)
+  steps_per_epoch = data_lib.steps_per_epoch(num_train, cfg.batch_size)
+  total_steps = cfg.epochs * steps_per_epoch
+  if not costs or not total_steps:
+    return None
+  seconds, step = 0.0, 0
+  while step < total_steps:
+    nxt = schedule.next_activation_step(cfg, step, steps_per_epoch) or total_steps
+    active = str(schedule.num_active_at(cfg, step, steps_per_epoch))
+    if active not in costs:
+      return None
+    seconds += (min(nxt, total_steps) - step) * costs[active]
+    step = nxt
+  return seconds / cfg.epochs
 
 
 def _seconds_field(curves: Dict[str, List[List[dict]]]) -> str:

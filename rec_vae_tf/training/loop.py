@@ -44,6 +44,7 @@ from rec_vae_tf.evaluation import likelihood
 from rec_vae_tf.models import builders
 from rec_vae_tf.training import distribute
 from rec_vae_tf.training import runstate
+from rec_vae_tf.training import schedule
 from rec_vae_tf.training import workdir_lock
 from rec_vae_tf.training import trainer as trainer_lib
 
@@ -259,7 +260,7 @@ def _steps(cfg: config_lib.Config, splits: data_sources.Splits, log: Callable[[s
   total_steps = cfg.epochs * spe
   if cfg.schedule != 'simultaneous' and cfg.last_activation_epoch() >= cfg.epochs:
     log(f'warning: with epochs={cfg.epochs} and epochs_per_component={cfg.epochs_per_component} '
-        f'only {trainer_lib.num_active_at(cfg, total_steps - 1, spe)} of {cfg.num_components} '
+        f'only {schedule.num_active_at(cfg, total_steps - 1, spe)} of {cfg.num_components} '
         'components will become active')
   return spe, total_steps
 
@@ -369,7 +370,7 @@ def _train_dataset(dist: distribute.Distribution, images, cfg: config_lib.Config
 def _activate_next_component(run: _Run) -> None:
   """Sets the active-component count the schedule wants at run.step (and says so)."""
   cfg, trainer = run.cfg, run.trainer
-  want_active = trainer_lib.num_active_at(cfg, run.step, run.steps_per_epoch)
+  want_active = schedule.num_active_at(cfg, run.step, run.steps_per_epoch)
   if want_active != int(trainer.num_active.numpy()):
     trainer.activate(want_active)
     run.log(f'step {run.step}: component {want_active} of {cfg.num_components} activated')
@@ -378,7 +379,7 @@ def _activate_next_component(run: _Run) -> None:
 def _chunk_end(run: _Run, ep: _Epoch) -> int:
   """Where the next chunk ends: the epoch's end, the next activation, a multiple of the cap."""
   step = run.step
-  boundary = trainer_lib.next_activation_step(run.cfg, step, run.steps_per_epoch)
+  boundary = schedule.next_activation_step(run.cfg, step, run.steps_per_epoch)
   chunk_end = min(ep.end_step, boundary if boundary else ep.end_step,
                   (step // MAX_CHUNK_STEPS + 1) * MAX_CHUNK_STEPS)
   if run.stop_after_steps is not None:

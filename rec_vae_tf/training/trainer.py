@@ -9,8 +9,8 @@ Training is split along three modules of rec_vae_tf/training:
     trains: for RME, sum_m J_m w.r.t. the encoders and the stratified mixture
     ELBO w.r.t. the decoder and the mixing weights) and applies them with one
     Adam optimizer. The step is optionally XLA-compiled and its arguments are
-    tensors, so it traces once. Also here: the recursion schedule
-    (`num_active_at`, `next_activation_step`) and `restore_for_evaluation`.
+    tensors, so it traces once. Also here: `restore_for_evaluation`, and the
+    recursion schedule of schedule.py (`num_active_at`, `next_activation_step`).
   * loop.py, the outer loop (Python): `train` and `TrainResult`, as a sequence
     of named actions over epochs and chunks: applying the recursion schedule
     (how many components are active), validation and model selection,
@@ -56,22 +56,6 @@ from rec_vae_tf.training import runstate
 from rec_vae_tf import errors
 from rec_vae_tf import methods
 from rec_vae_tf.models import posterior
-
-
-def num_active_at(cfg: config_lib.Config, step: int, steps_per_epoch: int) -> int:
-  """Active components after `step` optimisation steps under cfg's schedule."""
-  if cfg.schedule == 'simultaneous':
-    return cfg.num_components
-  per_component = max(1, int(round(cfg.epochs_per_component * steps_per_epoch)))
-  return int(min(cfg.num_components, 1 + step // per_component))
-
-
-def next_activation_step(cfg: config_lib.Config, step: int, steps_per_epoch: int) -> Optional[int]:
-  """First step > `step` at which the active count changes, or None."""
-  if cfg.schedule == 'simultaneous' or num_active_at(cfg, step, steps_per_epoch) >= cfg.num_components:
-    return None
-  per_component = max(1, int(round(cfg.epochs_per_component * steps_per_epoch)))
-  return (step // per_component + 1) * per_component
 
 
 class Trainer:
