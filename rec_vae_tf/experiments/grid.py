@@ -386,8 +386,10 @@ def run_cell(cell: Cell, workdir: str, *, num_importance_samples: int, examples:
 
 
 def _finished(row: Dict, cell: Cell, stratified: bool, ignore: Sequence[str] = ()) -> bool:
-  """Whether a cell's saved row can be reused: same config (but the fields in `ignore`),
-  today's fields, the estimates asked for."""
+  """Whether a cell's saved row can be reused.
+
+  Same config (the fields in `ignore` aside), today's fields, the estimates asked for.
+  """
   def fields(config):
     return {k: v for k, v in config.items() if k not in ignore} if isinstance(config, dict) else config
   return (fields(row.get('config')) == fields(cell.config.to_dict()) and
